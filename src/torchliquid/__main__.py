@@ -1,0 +1,3 @@
+from torchliquid.cli import main
+
+raise SystemExit(main())
