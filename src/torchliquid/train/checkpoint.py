@@ -1,0 +1,149 @@
+"""Atomic, checksummed files: checkpoints, JSON and CSV.
+
+Every write goes to a temporary file in the destination's directory and is moved into place with
+``os.replace``, so a reader (or a crash) only ever sees the old file or the complete new one.
+
+A checkpoint is a plain ``torch.save`` of a dict that ``torch.load(path, weights_only=True)``
+reads, holding only tensors, numbers, strings, lists, tuples and dicts::
+
+    {"format": "torchliquid.checkpoint", "format_version": 1,
+     "payload": {...},          # what the caller saved (Trainer.state_dict() plus metadata)
+     "sha256": "<hex>"}         # over a canonical walk of payload (see payload_sha256)
+
+The checksum is computed from the values (keys, types, tensor dtype/shape/bytes), not from the
+pickled bytes, so it is stable across torch versions and catches a file that unpickles fine but
+whose numbers were damaged. A truncated or foreign file fails to load; both cases raise
+:class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+FORMAT = "torchliquid.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or not ours; the message names the file."""
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (floats keep their exact repr)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    return _atomic_write(path, lambda fh: fh.write(text), "w")
+
+
+def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+              fieldnames: list[str]) -> Path:
+    """Write ``rows`` (dicts) with a header, atomically."""
+    rows = list(rows)
+
+    def write(fh: Any) -> None:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    return _atomic_write(path, write, "w")
+
+
+def _walk(h: "hashlib._Hash", obj: Any) -> None:
+    # Type tags keep e.g. 1, 1.0, "1" and True apart; lengths keep ["ab"] apart from ["a", "b"].
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            _walk(h, key)
+            _walk(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for item in obj:
+            _walk(h, item)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        text = repr(obj)
+        h.update(f"{type(obj).__name__}{len(text)}:{text}".encode())
+    else:
+        raise TypeError(
+            f"checkpoints hold only tensors, numbers, strings, lists, tuples and dicts (so that "
+            f"torch.load(weights_only=True) reads them), got {type(obj).__name__}; convert it, "
+            "e.g. store JSON text")
+
+
+def payload_sha256(payload: Any) -> str:
+    """SHA-256 over a canonical walk of ``payload`` (keys sorted, types and shapes included)."""
+    h = hashlib.sha256()
+    _walk(h, payload)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Atomically write ``payload`` with its checksum to ``path``; returns the path."""
+    blob = {"format": FORMAT, "format_version": FORMAT_VERSION, "payload": dict(payload),
+            "sha256": payload_sha256(dict(payload))}
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)  # serialise first so a failure leaves no temporary file behind
+    return _atomic_write(path, lambda fh: fh.write(buffer.getbuffer()), "wb")
+
+
+def load_checkpoint(path: str | os.PathLike,
+                    map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and verify its checksum; returns the payload.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (truncated, not a torch file), not a
+            torchliquid checkpoint, of a newer format, or its checksum does not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train first "
+                              "(torchliquid train ... --out DIR) or check the path")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError by damage kind
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read, it is truncated or not a torch file "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "retrain, or restore it from a copy") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a torchliquid checkpoint (no format={FORMAT!r} "
+                              "key); pass a checkpoint.pt written by torchliquid train")
+    if blob.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format_version "
+                              f"{blob.get('format_version')!r}, this torchliquid reads "
+                              f"{FORMAT_VERSION}; use the torchliquid version that wrote it")
+    payload = blob.get("payload")
+    if not isinstance(payload, dict) or payload_sha256(payload) != blob.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 checksum does not "
+                              "match its contents; retrain, or restore it from a copy")
+    return payload

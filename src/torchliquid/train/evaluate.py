@@ -1,0 +1,73 @@
+"""Reload a finished run and reproduce its recorded test metrics.
+
+``train`` never imports the model zoo, so the caller passes ``build_model``: a function from the
+model spec recorded in the run (``run_info["model"]``, a JSON dict) to a fresh module. The
+checkpoint supplies the weights, the task, the evaluation batch size and the precision, so on
+the same device type the metrics equal ``result.json``'s ``post_training`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from torchliquid import runtime
+from torchliquid.config import TrainConfig
+from torchliquid.train.batches import Split
+from torchliquid.train.checkpoint import CheckpointError, load_checkpoint
+from torchliquid.train.loop import evaluate_split
+from torchliquid.train.records import CHECKPOINT, RESULT
+from torchliquid.train.tasks import get_task
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(checkpoint payload, run_info) of ``run_dir``; raises CheckpointError naming the file."""
+    path = Path(run_dir) / CHECKPOINT
+    payload = load_checkpoint(path)
+    try:
+        return payload, json.loads(payload["run_info"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path} lacks a readable run_info; it was not written "
+                              "by torchliquid's Trainer") from None
+
+
+def recorded_result(run_dir: str | Path) -> dict[str, Any]:
+    """The run's result.json."""
+    path = Path(run_dir) / RESULT
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: the run did not finish; finish it with "
+                         "torchliquid train --resume, or retrain") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); retrain to rewrite it") from None
+
+
+def recorded_device(run_info: Mapping[str, Any]) -> str:
+    """The device type the run trained on ("cpu" or "cuda"), to evaluate where it was recorded."""
+    return torch.device(run_info.get("device", "cpu")).type
+
+
+def evaluate_checkpoint(run_dir: str | Path, build_model: Callable[[dict], torch.nn.Module],
+                        test: Any, *, device: str | None = None) -> dict[str, float]:
+    """Test metrics of the checkpointed model of ``run_dir`` on ``test`` (``.x``/``.y``).
+
+    Args:
+        build_model: recorded model spec -> a fresh (untrained) module of the same architecture.
+        test: the test split, rebuilt by the caller exactly as during training.
+        device: "cpu" | "cuda" | "auto"; None evaluates on the device type the run trained on.
+    """
+    payload, info = load_run(run_dir)
+    if "model" not in info:
+        raise ValueError(f"run {run_dir} records no model spec (run_info['model']); it cannot be "
+                         "rebuilt — pass run_info={'model': {...}} when training")
+    train = TrainConfig(**info["train"])
+    dev = runtime.pick_device(device or recorded_device(info))
+    model = build_model(info["model"]).to(dev)
+    model.load_state_dict(payload["trainer"]["model"])
+    split = Split(test.x, test.y).to(dev)
+    return evaluate_split(model, split, get_task(info["task"]), batch_size=train.eval_batch,
+                          device=dev, precision=train.precision)

@@ -1,0 +1,106 @@
+"""Where a run reports: the console and the run directory, each with a null object.
+
+``quiet`` runs, non-zero ranks and in-memory runs (no ``out_dir``) get the null versions, so the
+trainer never asks "should I print / write?".
+
+Run directory layout (all written atomically)::
+
+    config.json   everything needed to rerun: run_info from the caller (model spec, dataset,
+                  resolved RunConfig, command line), the task, the TrainConfig, versions
+    metrics.csv   one row per epoch (see METRIC_COLUMNS)
+    result.json   pre/post-training test metrics, timing, params, environment
+    checkpoint.pt the trainer's state_dict plus run_info (see train.checkpoint)
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from torchliquid.train.checkpoint import save_checkpoint, write_csv, write_json
+
+CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.csv", "result.json", "checkpoint.pt"
+
+
+def versions() -> dict[str, str]:
+    """Library versions that determine a run's numbers."""
+    from torchliquid import __version__
+
+    return {"torchliquid": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def metric_columns(metric_names: Sequence[str]) -> list[str]:
+    """metrics.csv header for a task whose metrics are ``metric_names`` ("loss" first)."""
+    split_cols = [f"{split}_{m}" for split in ("val", "test") for m in metric_names]
+    return ["epoch", "train_loss", *split_cols, "epoch_seconds", "eval_seconds",
+            "sequences_per_second"]
+
+
+class Console:
+    """Progress lines on stdout (flushed, so they show up under pipes and torchrun)."""
+
+    def print(self, message: str) -> None:
+        print(message, flush=True)
+
+
+class NullConsole(Console):
+    def print(self, message: str) -> None:
+        pass
+
+
+class RunFiles:
+    """The files of one run directory."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.dir / CHECKPOINT
+
+    def write_config(self, info: Mapping[str, Any]) -> None:
+        write_json(self.dir / CONFIG, info)
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
+        write_csv(self.dir / METRICS, rows, columns)
+
+    def write_result(self, result: Mapping[str, Any]) -> None:
+        write_json(self.dir / RESULT, result)
+
+    def save_checkpoint(self, payload: Mapping[str, Any]) -> Path | None:
+        return save_checkpoint(self.dir / CHECKPOINT, payload)
+
+
+class NullRunFiles(RunFiles):
+    """Writes nothing: in-memory runs and every rank but 0."""
+
+    def __init__(self) -> None:
+        self.dir = None  # type: ignore[assignment]
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None
+
+    def write_config(self, info: Mapping[str, Any]) -> None:
+        pass
+
+    def write_metrics(self, rows: Sequence[Mapping[str, Any]], columns: list[str]) -> None:
+        pass
+
+    def write_result(self, result: Mapping[str, Any]) -> None:
+        pass
+
+    def save_checkpoint(self, payload: Mapping[str, Any]) -> Path | None:
+        return None
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
