@@ -61,10 +61,15 @@ def _check_fraction(name: str, value: Any, hint: str = "") -> float:
 
 
 def _polarity_matrix(name: str, value: Any, shape: tuple[int | None, int | None]) -> np.ndarray:
-    """``value`` as a read-only int32 matrix of the given shape (None = any) with entries in {-1, 0, 1}."""
-    array = np.asarray(value)
+    """``value`` as a read-only int32 matrix of ``shape`` (None: any size), entries in {-1, 0, 1}."""
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular matrix, got ragged rows: {error}") from error
     if array.dtype == object or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
-        raise TypeError(f"{name} must be a numeric matrix with entries in {{-1, 0, 1}}, got dtype {array.dtype}")
+        raise TypeError(
+            f"{name} must be a numeric matrix with entries in {{-1, 0, 1}}, got dtype {array.dtype}"
+        )
     expected = tuple("any" if n is None else n for n in shape)
     if array.ndim != 2 or any(n is not None and n != m for n, m in zip(shape, array.shape)):
         raise ValueError(f"{name} must have shape {expected}, got shape {array.shape}")
@@ -118,13 +123,16 @@ class Wiring:
         adjacency_UU = _polarity_matrix("adjacency", adjacency, (None, None))
         units = adjacency_UU.shape[0]
         if units == 0 or adjacency_UU.shape[1] != units:
-            raise ValueError(f"adjacency must be a non-empty square (U, U) matrix, got shape {adjacency_UU.shape}")
+            raise ValueError(
+                f"adjacency must be a non-empty square (U, U) matrix, got shape {adjacency_UU.shape}"
+            )
         output_dim = units if output_dim is None else _check_int("output_dim", output_dim, 1, units)
         layers_L = _check_layers(layers, units, output_dim)
         self._init_graph(units, output_dim, adjacency_UU, layers_L)
         if sensory_adjacency is not None:
             self._sensory_IU = _polarity_matrix("sensory_adjacency", sensory_adjacency, (None, units))
-            self._input_dim = _check_int("sensory_adjacency rows (input_dim)", self._sensory_IU.shape[0], 1)
+            rows = self._sensory_IU.shape[0]
+            self._input_dim = _check_int("sensory_adjacency rows (input_dim)", rows, 1)
 
     @staticmethod
     def from_adjacency(
@@ -142,7 +150,9 @@ class Wiring:
         """
         return Wiring(adjacency, sensory_adjacency, output_dim, layers)
 
-    def _init_graph(self, units: int, output_dim: int, adjacency_UU: np.ndarray | None, layers_L: list) -> None:
+    def _init_graph(
+        self, units: int, output_dim: int, adjacency_UU: np.ndarray | None, layers_L: list
+    ) -> None:
         self._units = units
         self._output_dim = output_dim
         self._adjacency_UU = None if adjacency_UU is None else _frozen(adjacency_UU)
@@ -184,11 +194,13 @@ class Wiring:
 
     def _require_built(self, what: str) -> np.ndarray:
         if self._sensory_IU is None:
-            raise ValueError(f"{what} of {self!r} needs the input width: call wiring = wiring.build(input_dim) first")
+            raise ValueError(
+                f"{what} of {self!r} needs the input width: call wiring = wiring.build(input_dim) first"
+            )
         return self._sensory_IU
 
     def erev_initializer(self, shape: Any = None, dtype: Any = np.float64) -> np.ndarray:
-        """A float copy of ``adjacency_matrix`` (reversal-potential signs); ``shape`` is ignored as in ncps."""
+        """A float copy of ``adjacency_matrix`` (reversal-potential signs); ``shape`` is ignored."""
         return self.adjacency_matrix.astype(dtype)
 
     def sensory_erev_initializer(self, shape: Any = None, dtype: Any = np.float64) -> np.ndarray:
@@ -213,7 +225,8 @@ class Wiring:
 
     def neurons_of_layer(self, layer: int) -> list[int]:
         """Neuron indices of ``layer`` (0 = the layer fed by the inputs), as a new list."""
-        layer = _check_int("layer", layer, 0, self.num_layers - 1, f"{type(self).__name__} has {self.num_layers} layer(s)")
+        hint = f"{type(self).__name__} has {self.num_layers} layer(s)"
+        layer = _check_int("layer", layer, 0, self.num_layers - 1, hint)
         return list(self._layers_L[layer])
 
     get_neurons_of_layer = neurons_of_layer  # the ncps name
@@ -263,7 +276,7 @@ class Wiring:
         }
 
     def get_config(self) -> dict[str, Any]:
-        """A JSON-serialisable dict: "class", the constructor arguments, and "input_dim" (None if unbuilt)."""
+        """A JSON-serialisable dict: "class", the constructor arguments, "input_dim" (None: unbuilt)."""
         return {"class": type(self).__name__, **self._constructor_args(), "input_dim": self._input_dim}
 
     @classmethod
@@ -292,45 +305,54 @@ class Wiring:
         if target is None:
             raise ValueError(f"config 'class' must be one of {sorted(WIRINGS)}, got {name!r}")
         if not issubclass(target, cls):
-            raise ValueError(f"{cls.__name__}.from_config got a config of class {name!r}; use Wiring.from_config")
+            raise ValueError(
+                f"{cls.__name__}.from_config got a config of class {name!r}; use Wiring.from_config"
+            )
         input_dim = args.pop("input_dim", None)
         params = list(inspect.signature(target.__init__).parameters.values())[1:]
         unknown = set(args) - {p.name for p in params}
         missing = {p.name for p in params if p.default is inspect.Parameter.empty} - set(args)
         if unknown or missing:
+            problems = [f"unknown keys {sorted(unknown)}"] if unknown else []
+            problems += [f"lacks required keys {sorted(missing)}"] if missing else []
             raise ValueError(
-                f"config for {target.__name__} has unknown keys {sorted(unknown)} and lacks required keys "
-                f"{sorted(missing)}; expected keys: 'class', 'input_dim', {[p.name for p in params]}"
+                f"config for {target.__name__} has {' and '.join(problems)}; expected keys: "
+                f"'class', 'input_dim', {', '.join(repr(p.name) for p in params)}"
             )
         wiring = target(**args)
         return wiring if input_dim is None else wiring.build(input_dim)
 
     def __repr__(self) -> str:
-        args = self._constructor_args()
-        shown = {k: v for k, v in args.items() if k not in ("adjacency", "sensory_adjacency", "layers")}
-        if type(self) is Wiring:
-            shown = {"units": self._units, **shown}
+        if type(self) is Wiring:  # explicit matrices are too long to show
+            shown = {"units": self._units, "output_dim": self._output_dim}
+        else:
+            shown = self._constructor_args()
         text = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"{type(self).__name__}({text}, input_dim={self._input_dim})"
 
 
-def _check_layers(layers: Sequence[Sequence[int]] | None, units: int, output_dim: int) -> list[list[int]]:
+def _check_layers(
+    layers: Sequence[Sequence[int]] | None, units: int, output_dim: int
+) -> list[list[int]]:
     if layers is None:
         return [list(range(units))]
     try:
         layers_L = [[_check_int("layers entry", i, 0, units - 1) for i in layer] for layer in layers]
     except TypeError as error:
-        raise TypeError(f"layers must be a list of lists of neuron indices in [0, {units - 1}]: {error}") from error
+        raise TypeError(
+            f"layers must be a list of lists of neuron indices in [0, {units - 1}]: {error}"
+        ) from error
     flat = sorted(i for layer in layers_L for i in layer)
     if flat != list(range(units)) or not all(layers_L):
         raise ValueError(
-            f"layers must split the neurons 0..{units - 1} into non-empty lists, each neuron in exactly "
-            f"one layer; got {layers_L}"
+            f"layers must split the neurons 0..{units - 1} into non-empty lists, each neuron in "
+            f"exactly one layer; got {layers_L}"
         )
     if layers_L[-1][:output_dim] != list(range(output_dim)):
         raise ValueError(
-            f"the last layer must start with the motor neurons 0..{output_dim - 1} (output_dim={output_dim}), "
-            f"got last layer {layers_L[-1]}; reorder your neurons so outputs come first"
+            f"the last layer must start with the motor neurons 0..{output_dim - 1} "
+            f"(output_dim={output_dim}), got last layer {layers_L[-1]}; reorder your neurons so "
+            "the outputs come first"
         )
     return layers_L
 
@@ -354,12 +376,21 @@ class FullyConnected(Wiring):
     ``output_dim`` defaults to ``units``.
     """
 
-    def __init__(self, units: int, output_dim: int | None = None, erev_init_seed: int = 1111, self_connections: bool = True) -> None:
+    def __init__(
+        self,
+        units: int,
+        output_dim: int | None = None,
+        erev_init_seed: int = 1111,
+        self_connections: bool = True,
+    ) -> None:
         units = _check_int("units", units, 1)
         output_dim = units if output_dim is None else _check_int("output_dim", output_dim, 1, units)
         self._seed = _check_int("erev_init_seed", erev_init_seed, 0)
         if not isinstance(self_connections, (bool, np.bool_)):
-            raise TypeError(f"self_connections must be a bool, got {type(self_connections).__name__} {self_connections!r}")
+            raise TypeError(
+                f"self_connections must be a bool, got {type(self_connections).__name__} "
+                f"{self_connections!r}"
+            )
         self._self_connections = bool(self_connections)
         rng = np.random.default_rng(self._seed)
         adjacency_UU = np.zeros((units, units), dtype=np.int32)
@@ -379,7 +410,12 @@ class FullyConnected(Wiring):
         return None, sensory_IU
 
     def _constructor_args(self) -> dict[str, Any]:
-        return {"units": self._units, "output_dim": self._output_dim, "erev_init_seed": self._seed, "self_connections": self._self_connections}
+        return {
+            "units": self._units,
+            "output_dim": self._output_dim,
+            "erev_init_seed": self._seed,
+            "self_connections": self._self_connections,
+        }
 
 
 class Random(Wiring):
@@ -390,7 +426,13 @@ class Random(Wiring):
     ``0.0 <= sparsity_level < 1.0``; ``output_dim`` defaults to ``units``.
     """
 
-    def __init__(self, units: int, output_dim: int | None = None, sparsity_level: float = 0.0, random_seed: int = 1111) -> None:
+    def __init__(
+        self,
+        units: int,
+        output_dim: int | None = None,
+        sparsity_level: float = 0.0,
+        random_seed: int = 1111,
+    ) -> None:
         units = _check_int("units", units, 1)
         output_dim = units if output_dim is None else _check_int("output_dim", output_dim, 1, units)
         self._sparsity = _check_fraction("sparsity_level", sparsity_level, "(0.0 keeps every synapse)")
@@ -416,7 +458,12 @@ class Random(Wiring):
         return None, sensory_IU
 
     def _constructor_args(self) -> dict[str, Any]:
-        return {"units": self._units, "output_dim": self._output_dim, "sparsity_level": self._sparsity, "random_seed": self._seed}
+        return {
+            "units": self._units,
+            "output_dim": self._output_dim,
+            "sparsity_level": self._sparsity,
+            "random_seed": self._seed,
+        }
 
 
 class NCP(Wiring):
@@ -453,20 +500,25 @@ class NCP(Wiring):
         n_inter = _check_int("inter_neurons", inter_neurons, 1)
         n_command = _check_int("command_neurons", command_neurons, 1)
         n_motor = _check_int("motor_neurons", motor_neurons, 1)
+        from_inter = f"(it draws from the {n_inter} inter neurons)"
+        from_command = f"(it draws from the {n_command} command neurons)"
         self._ncp_args = {
             "inter_neurons": n_inter,
             "command_neurons": n_command,
             "motor_neurons": n_motor,
-            "sensory_fanout": _check_int("sensory_fanout", sensory_fanout, 1, n_inter, f"(it draws from the {n_inter} inter neurons)"),
-            "inter_fanout": _check_int("inter_fanout", inter_fanout, 1, n_command, f"(it draws from the {n_command} command neurons)"),
-            "recurrent_command_synapses": _check_int("recurrent_command_synapses", recurrent_command_synapses, 0),
-            "motor_fanin": _check_int("motor_fanin", motor_fanin, 1, n_command, f"(it draws from the {n_command} command neurons)"),
+            "sensory_fanout": _check_int("sensory_fanout", sensory_fanout, 1, n_inter, from_inter),
+            "inter_fanout": _check_int("inter_fanout", inter_fanout, 1, n_command, from_command),
+            "recurrent_command_synapses": _check_int(
+                "recurrent_command_synapses", recurrent_command_synapses, 0
+            ),
+            "motor_fanin": _check_int("motor_fanin", motor_fanin, 1, n_command, from_command),
             "seed": _check_int("seed", seed, 0, 2**32 - 1),  # the range RandomState accepts
         }
         self._motor = list(range(n_motor))
         self._command = list(range(n_motor, n_motor + n_command))
         self._inter = list(range(n_motor + n_command, n_motor + n_command + n_inter))
-        self._init_graph(n_inter + n_command + n_motor, n_motor, None, [self._inter, self._command, self._motor])
+        layers_L = [self._inter, self._command, self._motor]
+        self._init_graph(n_inter + n_command + n_motor, n_motor, None, layers_L)
 
     def get_type_of_neuron(self, neuron: int) -> str:
         """"motor", "command" or "inter"."""
@@ -482,7 +534,8 @@ class NCP(Wiring):
         sensory_IU = np.zeros((input_dim, self._units), dtype=np.int32)
         sensory = list(range(input_dim))
         _fan_out(rng, sensory_IU, sensory, self._inter, args["sensory_fanout"], input_dim)
-        _fan_out(rng, adjacency_UU, self._inter, self._command, args["inter_fanout"], len(self._command))
+        n_command = len(self._command)
+        _fan_out(rng, adjacency_UU, self._inter, self._command, args["inter_fanout"], n_command)
         for _ in range(args["recurrent_command_synapses"]):
             src = rng.choice(self._command)
             dest = rng.choice(self._command)
@@ -494,7 +547,14 @@ class NCP(Wiring):
         return dict(self._ncp_args)
 
 
-def _fan_out(rng: np.random.RandomState, matrix: np.ndarray, sources: list, targets: list, fanout: int, fanin_cap: int) -> None:
+def _fan_out(
+    rng: np.random.RandomState,
+    matrix: np.ndarray,
+    sources: list[int],
+    targets: list[int],
+    fanout: int,
+    fanin_cap: int,
+) -> None:
     """ncps steps 1 and 2: every source feeds ``fanout`` targets, then unfed targets get sources."""
     unreached = list(targets)
     for src in sources:
@@ -508,8 +568,14 @@ def _fan_out(rng: np.random.RandomState, matrix: np.ndarray, sources: list, targ
             matrix[src, dest] = rng.choice([-1, 1])
 
 
-def _fan_in_motor(rng: np.random.RandomState, adjacency_UU: np.ndarray, command: list, motor: list, fanin: int) -> None:
-    """ncps step 4: every motor neuron is fed by ``fanin`` command neurons, then idle ones get targets."""
+def _fan_in_motor(
+    rng: np.random.RandomState,
+    adjacency_UU: np.ndarray,
+    command: list[int],
+    motor: list[int],
+    fanin: int,
+) -> None:
+    """ncps step 4: each motor neuron is fed by ``fanin`` command neurons; idle ones get targets."""
     unused = list(command)
     for dest in motor:
         for src in rng.choice(command, size=fanin, replace=False):
@@ -530,15 +596,23 @@ class AutoNCP(NCP):
         sensory_fanout = max(int(inter d), 1),  inter_fanout = motor_fanin = max(int(command d), 1)
         recurrent_command_synapses = max(int(2 command d), 1)
 
-    Requires ``1 <= output_size < units - 2`` and ``0.0 <= sparsity_level < 1.0`` (ncps documents
-    [0.0, 0.9] but checks [0.1, 1.0]; this range keeps every ncps value that yields a sparse
-    wiring and says what it checks).
+    Requires ``1 <= output_size < units - 2`` and ``0.0 <= sparsity_level < 1.0``, the range the
+    message states and the check applies (ncps documents [0.0, 0.9] but checks [0.1, 1.0]; here
+    values below 0.1 are accepted and 1.0, which asks for no synapses, is rejected).
     """
 
-    def __init__(self, units: int, output_size: int, sparsity_level: float = 0.5, seed: int = 22222) -> None:
-        units = _check_int("units", units, 4, hint="(an NCP needs at least one motor, one command and two inter neurons)")
-        output_size = _check_int("output_size", output_size, 1, units - 3, f"output_size must be less than units - 2 = {units - 2}; about 0.3 * units is typical")
-        sparsity = _check_fraction("sparsity_level", sparsity_level, "(0.0 is densest; 0.5 is the ncps default)")
+    def __init__(
+        self, units: int, output_size: int, sparsity_level: float = 0.5, seed: int = 22222
+    ) -> None:
+        units = _check_int("units", units, 4, hint="(an NCP needs 1 motor, 1 command, 2 inter neurons)")
+        output_size = _check_int(
+            "output_size",
+            output_size,
+            1,
+            units - 3,
+            f"output_size must be less than units - 2 = {units - 2}; about 0.3 * units is typical",
+        )
+        sparsity = _check_fraction("sparsity_level", sparsity_level, "(0.0: densest, 0.5: default)")
         density = 1.0 - sparsity
         command = max(int(0.4 * (units - output_size)), 1)
         inter = units - output_size - command
@@ -552,11 +626,18 @@ class AutoNCP(NCP):
             motor_fanin=max(int(command * density), 1),
             seed=seed,
         )
-        self._auto_args = {"units": units, "output_size": output_size, "sparsity_level": sparsity, "seed": self._ncp_args["seed"]}
+        self._auto_args = {
+            "units": units,
+            "output_size": output_size,
+            "sparsity_level": sparsity,
+            "seed": self._ncp_args["seed"],
+        }
 
     def _constructor_args(self) -> dict[str, Any]:
         return dict(self._auto_args)
 
 
 # Dispatch table of Wiring.from_config: the "class" a config names -> the class that rebuilds it.
-WIRINGS: dict[str, type[Wiring]] = {cls.__name__: cls for cls in (Wiring, FullyConnected, Random, NCP, AutoNCP)}
+WIRINGS: dict[str, type[Wiring]] = {
+    cls.__name__: cls for cls in (Wiring, FullyConnected, Random, NCP, AutoNCP)
+}
