@@ -324,3 +324,55 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"{value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+def min_windows(*fractions: float) -> int:
+    """Smallest window count for which every non-zero fraction, and train, get a window."""
+    n = 1
+    while any(f > 0 and int(f * n) < 1 for f in fractions) or n - sum(int(f * n) for f in fractions) < 1:
+        n += 1
+    return n
+
+
+def windowed_regression(
+    dataset: Dataset,
+    x_rows: np.ndarray,
+    y_rows: np.ndarray,
+    *,
+    stride: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    max_windows: int | None,
+    source: str,
+    where: str,
+    input_center: Any = True,
+    input_scale: Any = True,
+) -> DatasetSplits:
+    """Steps 2-5 of the module pipeline for a single time series (traffic, power).
+
+    ``x_rows`` ``(R, I)`` and ``y_rows`` ``(R, O)`` are un-normalised. Statistics come from the
+    distinct rows covered by train windows; targets are always z-scored, inputs as requested.
+    """
+    n_rows, seq_len = len(x_rows), dataset.seq_len
+    starts = window_starts(n_rows, seq_len, stride)
+    require_windows(len(starts), min_windows(val_fraction, test_fraction), where, n_rows, seq_len)
+    parts = dict(zip(("train", "val", "test"), split_indices(len(starts), val_fraction, test_fraction, seed)))
+    covered = rows_covered(starts[parts["train"]], seq_len, n_rows)
+    normalization = make_normalization(
+        dataset.name,
+        fit_stats(x_rows[covered], dataset.feature_names, center=input_center, scale=input_scale),
+        fit_stats(y_rows[covered], dataset.target_names),
+        fitted_on=f"the {int(covered.sum()):,} distinct rows covered by the {len(parts['train']):,} train windows",
+    )
+    x_norm = apply_normalization(x_rows, normalization, "inputs")  # (R, I)
+    y_norm = apply_normalization(y_rows, normalization, "target")  # (R, O)
+    splits = {
+        name: make_split(x_norm, y_norm, starts[limit_windows(idx, max_windows, seed, stream)], seq_len)
+        for stream, (name, idx) in enumerate(parts.items())
+    }
+    return DatasetSplits(
+        name=dataset.name, task=dataset.task, input_size=dataset.input_size, output_size=dataset.output_size,
+        seq_len=seq_len, normalization=normalization, source=source, feature_names=dataset.feature_names,
+        target_names=dataset.target_names, **splits,
+    )

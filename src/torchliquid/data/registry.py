@@ -6,8 +6,9 @@ from pathlib import Path
 
 from .base import Dataset, DatasetSplits
 from .sine import SineDataset
+from .traffic import TrafficDataset
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(),)}
+DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(), TrafficDataset())}
 
 
 def get_dataset(name: str) -> Dataset:
