@@ -5,11 +5,7 @@ the same arguments (the parameter names are the same by design), runs both on th
 input and random initial state (never zeros) and compares outputs, final states and the gradients
 of every parameter after a random linear loss.
 
-Tolerances (TOL): both libraries do the same operations in the same order, so they agree to the
-last bit in practice; 1e-5 (float32) / 1e-10 (float64) leave room for a different BLAS reduction
-order (e.g. proj applied to the whole sequence at once instead of per step). Gradients are
-compared relative to each tensor's largest entry (1e-4 float32, 1e-8 float64), because an
-absolute bound is meaningless across parameters whose gradients differ by orders of magnitude.
+Tolerances and the comparison itself live in tests/_parity.py (justified there).
 
 ncps's batched timespans are wrong (A01: it broadcasts a (B,) vector along units), so timespan
 tests run ncps one sequence at a time with a scalar dt per step and compare each sequence of our
@@ -27,8 +23,10 @@ ncps_wirings = pytest.importorskip("ncps.wirings")
 from torchliquid.nn import CfC  # noqa: E402
 from torchliquid.nn import wirings as tl_wirings  # noqa: E402
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-GRAD_RTOL = {torch.float32: 1e-4, torch.float64: 1e-8}
+from _parity import close as _close  # noqa: E402
+from _parity import compare_runs as _compare  # noqa: E402
+from _parity import random_state, states as _states  # noqa: E402
+
 B, T, I, U = 3, 5, 4, 8
 
 
@@ -45,50 +43,8 @@ def _dense(_module):
     return U
 
 
-def _close(actual, expected, dtype, what):
-    torch.testing.assert_close(actual, expected, atol=TOL[dtype], rtol=0.0, msg=lambda m: f"{what}: {m}")
-
-
-def _states(h):
-    return list(h) if isinstance(h, tuple) else [h]
-
-
-def _compare(reference, ours, x, hx=None, dtype=torch.float32, motor=None, timespans=None):
-    """Forward both, compare outputs/states, then backward a random linear loss and compare grads.
-
-    ``motor``: compare only the first ``motor`` output features (ncps returns every unit of a
-    single-layer wiring where torchliquid returns the motor neurons, field case A08).
-    """
-    reference, ours = reference.to(dtype), ours.to(dtype)
-    x = x.to(dtype)
-    hx = None if hx is None else (tuple(h.to(dtype) for h in hx) if isinstance(hx, tuple) else hx.to(dtype))
-    y_ref, h_ref = reference(x, hx, timespans)
-    y, h = ours(x, hx, timespans)
-    if motor is not None:
-        y_ref = y_ref[..., :motor]
-    assert y.shape == y_ref.shape and y.dtype == dtype
-    _close(y, y_ref, dtype, "output")
-    for got, want in zip(_states(h), _states(h_ref), strict=True):
-        _close(got, want, dtype, "final state")
-
-    generator = torch.Generator().manual_seed(3)
-    weights = [torch.randn(t.shape, generator=generator, dtype=dtype) for t in [y, *_states(h)]]
-    for out, states, model in ((y_ref, h_ref, reference), (y, h, ours)):
-        model.zero_grad()
-        loss = sum((t * w).sum() for t, w in zip([out, *_states(states)], weights))
-        loss.backward()
-    reference_grads = dict(reference.named_parameters())
-    for name, parameter in ours.named_parameters():
-        want = reference_grads[name].grad
-        scale = want.abs().max().item()
-        torch.testing.assert_close(
-            parameter.grad, want, rtol=0.0, atol=GRAD_RTOL[dtype] * max(scale, 1e-30), msg=lambda m: f"grad {name}: {m}"
-        )
-
-
 def _random_state(mixed, batch=B, units=U):
-    h = torch.randn(batch, units)
-    return (h, torch.randn(batch, units)) if mixed else h
+    return random_state(mixed, batch, units)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])

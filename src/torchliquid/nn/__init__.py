@@ -7,6 +7,18 @@
 from . import functional, wirings
 from .cfc import CfC
 from .cfc_cell import CfCCell, WiredCfCCell
+from .ltc import LTC
+from .ltc_cell import LTCCell, constrain_after_step
 from .mixed_memory import LSTMCell
 
-__all__ = ["CfC", "CfCCell", "WiredCfCCell", "LSTMCell", "functional", "wirings"]
+__all__ = [
+    "CfC",
+    "CfCCell",
+    "WiredCfCCell",
+    "LTC",
+    "LTCCell",
+    "LSTMCell",
+    "constrain_after_step",
+    "functional",
+    "wirings",
+]
