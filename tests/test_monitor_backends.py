@@ -167,6 +167,21 @@ def test_host_backend_optionally_includes_children() -> None:
     assert HostBackend(include_children=True, psutil_module=ps).read(0.0)[0]["rss_mib"] == 150.0
 
 
+def test_host_backend_relists_children_only_every_refresh_period() -> None:
+    ps = FakePsutil()
+    ps.rss_mib, ps.child_rss_mib = 100.0, [30.0, 20.0]
+    b = HostBackend(include_children=True, children_refresh_s=5.0, psutil_module=ps)
+    assert b.read(0.0)[0]["rss_mib"] == 150.0
+    ps.child_rss_mib = [35.0, 20.0, 70.0]  # child 0 grew; a third worker started
+    assert b.read(0.2)[0]["rss_mib"] == 155.0  # cached pair re-read, newcomer not yet listed
+    ps.child_rss_mib = [35.0]  # child 1 exited (and the newcomer with it)
+    assert b.read(0.4)[0]["rss_mib"] == 135.0  # the dead child is dropped, not an error
+    assert ps.children_calls == 1
+    ps.child_rss_mib = [35.0, 20.0, 70.0]
+    assert b.read(5.0)[0]["rss_mib"] == 225.0  # refresh period over: listed again
+    assert ps.children_calls == 2
+
+
 def test_host_backend_with_real_psutil() -> None:
     (rec,) = HostBackend(include_children=True).read(0.0)
     assert rec["device"] == "host" and rec["rss_mib"] > 1.0

@@ -113,7 +113,15 @@ class HardwareMonitor:
 
         A backend that raises is counted in ``summary()["errors"]`` and skipped for this
         tick; the others still report, and the thread keeps running.
+
+        Raises:
+            RuntimeError: called from another thread while the sampling thread runs
+                (backends keep per-read state, e.g. the power integral, and are not
+                thread-safe).
         """
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread() and thread.is_alive():
+            raise RuntimeError("sample_once() while the monitor thread is running; stop() first")
         now = self._clock()
         if self._t0 is None:
             self._t0 = now

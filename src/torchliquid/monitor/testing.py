@@ -128,7 +128,8 @@ class FakePsutil:
     """Just the psutil surface ``HostBackend`` uses, with scripted values.
 
     Set ``cpu_busy`` / ``cpu_idle`` (cumulative seconds), ``rss_mib``,
-    ``child_rss_mib`` and ``mem_percent`` between reads.
+    ``child_rss_mib`` (one entry per live child; shrink it to make children exit) and
+    ``mem_percent`` between reads. ``children_calls`` counts process listings.
     """
 
     class NoSuchProcess(Exception):
@@ -143,6 +144,7 @@ class FakePsutil:
         self.rss_mib = 100.0
         self.child_rss_mib: list[float] = []
         self.mem_percent = 42.0
+        self.children_calls = 0
 
     def cpu_times(self) -> _CpuTimes:
         return _CpuTimes(self.cpu_busy, 0.0, 0.0, self.cpu_idle, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -151,19 +153,27 @@ class FakePsutil:
         return SimpleNamespace(percent=self.mem_percent)
 
     def Process(self, pid: int | None = None) -> Any:  # noqa: N802 - mirrors psutil
-        ps = self
+        return _FakeProcess(self, None)
 
-        class _Proc:
-            def __init__(self, rss_mib: Any) -> None:
-                self._rss = rss_mib
 
-            def memory_info(self) -> Any:
-                return SimpleNamespace(rss=int(self._rss() * _MIB))
+class _FakeProcess:
+    """``index`` None is the main process; else child ``index`` of ``child_rss_mib``."""
 
-            def children(self, recursive: bool = False) -> list[Any]:
-                return [_Proc(lambda v=v: v) for v in ps.child_rss_mib]
+    def __init__(self, ps: FakePsutil, index: int | None) -> None:
+        self._ps, self._index = ps, index
 
-        return _Proc(lambda: ps.rss_mib)
+    def memory_info(self) -> Any:
+        if self._index is None:
+            mib = self._ps.rss_mib
+        elif self._index < len(self._ps.child_rss_mib):
+            mib = self._ps.child_rss_mib[self._index]
+        else:
+            raise FakePsutil.NoSuchProcess(self._index)  # the child has exited
+        return SimpleNamespace(rss=int(mib * _MIB))
+
+    def children(self, recursive: bool = False) -> list[_FakeProcess]:
+        self._ps.children_calls += 1
+        return [_FakeProcess(self._ps, i) for i in range(len(self._ps.child_rss_mib))]
 
 
 class ManualClock:
