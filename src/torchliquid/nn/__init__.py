@@ -10,6 +10,8 @@ from .cfc_cell import CfCCell, WiredCfCCell
 from .ltc import LTC
 from .ltc_cell import LTCCell, constrain_after_step
 from .mixed_memory import LSTMCell
+from .registry import MODELS, build_model
+from .serialization import load_model, model_from_config, save_model
 
 __all__ = [
     "CfC",
@@ -19,6 +21,11 @@ __all__ = [
     "LTCCell",
     "LSTMCell",
     "constrain_after_step",
+    "MODELS",
+    "build_model",
+    "save_model",
+    "load_model",
+    "model_from_config",
     "functional",
     "wirings",
 ]
