@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Dataset, DatasetSplits
+from .power import PowerDataset
 from .sine import SineDataset
 from .traffic import TrafficDataset
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(), TrafficDataset())}
+DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(), TrafficDataset(), PowerDataset())}
 
 
 def get_dataset(name: str) -> Dataset:
