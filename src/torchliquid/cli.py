@@ -1,0 +1,190 @@
+"""``torchliquid`` command line: a thin shell over :mod:`torchliquid.workflow`.
+
+Each subcommand parses its arguments, builds a config and makes one library call. Subcommands
+live in the ``COMMANDS`` registry; a later one (compare, matrix, predict, export) is one
+``@command(...)`` function.
+
+Exit codes: 0 success; 1 the work ran but failed (non-finite loss, metrics not reproduced);
+2 bad arguments or input (one line on stderr, no traceback; set TORCHLIQUID_TRACEBACK=1 to see
+it); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+COMMANDS: dict[str, "Command"] = {}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register ``run(args) -> exit code`` as subcommand ``name``."""
+    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = Command(name, help, add_arguments, run)
+        return run
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line on stderr and exit code 2 (argparse would also print the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from torchliquid.data import DATASETS
+    from torchliquid.nn import MODELS
+
+    p.add_argument("--model", required=True, choices=sorted(MODELS), help="model to train")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="study task")
+    p.add_argument("--epochs", type=int, default=50, help="epochs (study: 50; 0 only evaluates)")
+    p.add_argument("--batch-size", type=int, default=512, help="sequences per step (default 512)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (study: 1e-3)")
+    p.add_argument("--units", type=int, default=64, help="hidden units (default 64)")
+    p.add_argument("--wiring", choices=["autoncp", "fc"], default=None,
+                   help="wiring; default: none for cfc, autoncp for ltc (as the study)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0, help="seeds the model, batches and data split")
+    p.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATASET-TIME)")
+    p.add_argument("--data-dir", default=None, help="folder with traffic/, power/, har/")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="keep at most N windows per split (quick runs)")
+    p.add_argument("--no-download", action="store_true", help="never download from UCI")
+    p.add_argument("--eval-batch-size", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs; 0 disables")
+    p.add_argument("--log-every", type=int, default=1, help="print every N epochs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its checkpoint.pt (same arguments; --epochs may grow)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+@command("train", "train a model on one of the study's datasets", _train_arguments)
+def _train(args: argparse.Namespace) -> int:
+    from torchliquid.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from torchliquid.workflow import train_run
+
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out pointing at the run directory to continue")
+    out = args.out or f"runs/{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunConfig(
+        model=ModelConfig(name=args.model, units=args.units, wiring=args.wiring),
+        data=DataConfig(name=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                        max_windows=args.max_windows, download=not args.no_download),
+        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          seed=args.seed, device=args.device, precision=args.precision,
+                          eval_batch_size=args.eval_batch_size, threads=args.threads,
+                          checkpoint_every=args.checkpoint_every, quiet=args.quiet,
+                          log_every=args.log_every),
+        out_dir=out)
+    train_run(run, resume=args.resume, command=["torchliquid", *args.argv])
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory written by torchliquid train")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="default: the device type the run trained on (needed for exact equality)")
+    p.add_argument("--quiet", action="store_true", help="print only a mismatch")
+
+
+@command("evaluate", "reload a run's checkpoint and reproduce its test metrics", _evaluate_arguments)
+def _evaluate(args: argparse.Namespace) -> int:
+    from torchliquid.workflow import evaluate_run
+
+    report = evaluate_run(args.run, device=args.device, quiet=args.quiet)
+    lines = [f"{'test ' + k:<14} {v:.10g}   recorded {report['recorded'].get(k, float('nan')):.10g}"
+             for k, v in report["metrics"].items()]
+    verdict = ("reproduces result.json exactly" if report["equal"] else
+               f"DIFFERS from result.json (evaluated on {report['device']}; exact equality needs "
+               "the device type the run trained on)")
+    if not args.quiet or not report["equal"]:
+        print("\n".join([f"{args.run}:", *lines, verdict]), flush=True)
+    return 0 if report["equal"] else 1
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs for every run (default: per dataset, see torchliquid.config)")
+    p.add_argument("--out", default="runs/demo", help="root of the demo's run directories")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+
+
+@command("demo", "train CfC and LTC on sine and household power, print a comparison",
+         _demo_arguments)
+def _demo(args: argparse.Namespace) -> int:
+    from torchliquid.workflow import demo
+
+    demo(args.out, epochs=args.epochs, quiet=args.quiet, device=args.device)
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from torchliquid import __version__
+
+    parser = _Parser(prog="torchliquid", description="Fast Liquid Neural Networks (LTC, CfC).")
+    parser.add_argument("--version", action="version", version=f"torchliquid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    for cmd in COMMANDS.values():
+        cmd.add_arguments(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    from torchliquid.train import CheckpointError, NonFiniteLossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors
+        return e.code if isinstance(e.code, int) else 2
+    args.argv = argv  # recorded in config.json
+    traceback = os.environ.get("TORCHLIQUID_TRACEBACK") == "1"
+    try:
+        return COMMANDS[args.command].run(args)
+    except NonFiniteLossError as e:
+        if traceback:
+            raise
+        print(f"torchliquid {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
+        if traceback:
+            raise
+        print(f"torchliquid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchliquid {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
