@@ -160,13 +160,14 @@ def demo(root: str = "runs/demo", epochs: int | None = None, quiet: bool = False
         rows.append(summary_row(result))
     if runtime.is_main_process():
         write_json(Path(root) / "summary.json", rows)
-        print("\n" + format_table(rows), flush=True)
+        print(f"\ntest-split metrics before and after training (run files in {root}/):\n"
+              + format_table(rows), flush=True)
     return rows
 
 
 def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
     metric = result["metric"]
-    return {"model": result["model"], "dataset": result["dataset"], "metric": f"test {metric}",
+    return {"model": result["model"], "dataset": result["dataset"], "metric": metric,
             "before": result["pre_training"][metric], "after": result["post_training"][metric],
             "test_loss_before": result["pre_training"]["loss"],
             "test_loss_after": result["post_training"]["loss"], "epochs": result["epochs"],
