@@ -96,9 +96,21 @@ def test_auto_ncp_matches_ncps(units, output_size, sparsity_level, input_dim):
     assert_same_wiring(ours, built_ncps("AutoNCP", args, input_dim))
 
 
-def test_fully_connected_matches_ncps_at_har_width():
-    ours = tl.FullyConnected(8, 6).build(561)
-    assert_same_wiring(ours, built_ncps("FullyConnected", (8, 6), 561))
+@pytest.mark.parametrize(
+    "cls_name, args",
+    [
+        ("FullyConnected", (8, 6)),
+        ("FullyConnected", (32, 6, 3, False)),
+        ("Random", (32, 6, 0.5, 3)),
+        # 32 * 561 pairs > 10000 and a small sample: numpy's choice takes its set-based branch.
+        ("Random", (32, 6, 0.99, 3)),
+    ],
+)
+def test_vectorised_draws_match_ncps_at_har_width(cls_name, args):
+    """FullyConnected and Random draw all polarities in one vectorised call; this must consume
+    the Generator exactly like ncps's one rng.choice call per synapse, also at 561 inputs."""
+    ours = getattr(tl, cls_name)(*args).build(561)
+    assert_same_wiring(ours, built_ncps(cls_name, args, 561))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -362,6 +362,18 @@ def _check_layers(
 # ---------------------------------------------------------------------------------------------
 
 
+def _draw_polarities(rng: np.random.Generator, count: int, draws_per_synapse: int = 1) -> np.ndarray:
+    """``count`` int32 polarities, each -1 with probability 1/3 else +1, drawn as ncps does.
+
+    ncps calls ``rng.choice([-1, 1, 1])`` once per draw; that is ``rng.integers(0, 3)`` indexing
+    the list, and one vectorised ``integers`` call yields the same stream as repeated scalar calls
+    (the parity tests against ncps check this). With ``draws_per_synapse`` > 1 every synapse
+    consumes that many draws and keeps the last, as ncps's Random.build does.
+    """
+    draws_PD = rng.integers(0, 3, size=(count, draws_per_synapse))
+    return np.array([-1, 1, 1], dtype=np.int32)[draws_PD[:, -1]]
+
+
 def _restored_generator(state: dict) -> np.random.Generator:
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = copy.deepcopy(state)
@@ -393,20 +405,18 @@ class FullyConnected(Wiring):
             )
         self._self_connections = bool(self_connections)
         rng = np.random.default_rng(self._seed)
+        has_synapse_UU = np.ones((units, units), dtype=bool)
+        if not self._self_connections:
+            np.fill_diagonal(has_synapse_UU, False)
         adjacency_UU = np.zeros((units, units), dtype=np.int32)
-        for src in range(units):
-            for dest in range(units):
-                if src != dest or self._self_connections:
-                    adjacency_UU[src, dest] = rng.choice([-1, 1, 1])
+        # A boolean-mask assignment fills in row-major order: ncps's (src, dest) loop order.
+        adjacency_UU[has_synapse_UU] = _draw_polarities(rng, int(has_synapse_UU.sum()))
         self._rng_state = rng.bit_generator.state  # build continues this stream, as ncps does
         self._init_graph(units, output_dim, adjacency_UU, [list(range(units))])
 
     def _draw_for_build(self, input_dim: int) -> tuple[None, np.ndarray]:
         rng = _restored_generator(self._rng_state)
-        sensory_IU = np.zeros((input_dim, self._units), dtype=np.int32)
-        for src in range(input_dim):
-            for dest in range(self._units):
-                sensory_IU[src, dest] = rng.choice([-1, 1, 1])
+        sensory_IU = _draw_polarities(rng, input_dim * self._units).reshape(input_dim, self._units)
         return None, sensory_IU
 
     def _constructor_args(self) -> dict[str, Any]:
@@ -439,22 +449,27 @@ class Random(Wiring):
         self._seed = _check_int("random_seed", random_seed, 0)
         rng = np.random.default_rng(self._seed)
         adjacency_UU = np.zeros((units, units), dtype=np.int32)
-        for src, dest in self._choose_pairs(rng, units, units):
-            adjacency_UU[src, dest] = rng.choice([-1, 1, 1])
+        src_P, dest_P = self._choose_pairs(rng, units, units)
+        adjacency_UU[src_P, dest_P] = _draw_polarities(rng, src_P.size)
         self._rng_state = rng.bit_generator.state
         self._init_graph(units, output_dim, adjacency_UU, [list(range(units))])
 
-    def _choose_pairs(self, rng: np.random.Generator, n_src: int, n_dest: int) -> np.ndarray:
+    def _choose_pairs(
+        self, rng: np.random.Generator, n_src: int, n_dest: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(src_P, dest_P): round(n_src·n_dest·(1 - sparsity)) distinct pairs, in draw order."""
         count = int(np.round(n_src * n_dest * (1 - self._sparsity)))
-        all_pairs = [(src, dest) for src in range(n_src) for dest in range(n_dest)]
-        return rng.choice(all_pairs, size=count, replace=False)
+        # Choosing among the pair indices consumes rng exactly like ncps's choice among the
+        # row-major list of (src, dest) pairs: choice only looks at the population size.
+        pair_P = rng.choice(n_src * n_dest, size=count, replace=False)
+        return pair_P // n_dest, pair_P % n_dest
 
     def _draw_for_build(self, input_dim: int) -> tuple[None, np.ndarray]:
         rng = _restored_generator(self._rng_state)
         sensory_IU = np.zeros((input_dim, self._units), dtype=np.int32)
-        for src, dest in self._choose_pairs(rng, input_dim, self._units):
-            rng.choice([-1, 1, 1])  # ncps draws a polarity it then overwrites; kept for parity
-            sensory_IU[src, dest] = rng.choice([-1, 1, 1])
+        src_P, dest_P = self._choose_pairs(rng, input_dim, self._units)
+        # ncps draws each sensory polarity twice and keeps the second; kept for parity.
+        sensory_IU[src_P, dest_P] = _draw_polarities(rng, src_P.size, draws_per_synapse=2)
         return None, sensory_IU
 
     def _constructor_args(self) -> dict[str, Any]:
