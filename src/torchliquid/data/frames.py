@@ -15,6 +15,11 @@ import pandas as pd
 from .base import DatasetError
 
 
+def show(value: Any) -> str:
+    """A cell for an error message: strings quoted, numbers plain (no ``np.float64(...)``)."""
+    return repr(value) if isinstance(value, str) else str(getattr(value, "item", lambda: value)())
+
+
 def where(frame: pd.DataFrame) -> str:
     return str(frame.attrs.get("source", "the given DataFrame"))
 
@@ -53,20 +58,28 @@ def numeric(frame: pd.DataFrame, columns: Sequence[Any], *, allow_nan: bool, hin
     """The given columns as float64 ``(R, len(columns))``, or a DatasetError at the first bad cell.
 
     A cell is bad if it is not a number, or (unless ``allow_nan``) is missing/NaN, or is infinite.
+    The first bad cell in reading order (row, then column) is reported.
     """
+    columns = list(columns)
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for j, column in enumerate(columns):
-        raw = frame[column]
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-        not_number = np.isnan(values) & ~raw.isna().to_numpy()
-        bad = not_number | np.isinf(values)
-        if not allow_nan:
-            bad |= np.isnan(values)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise DatasetError(
-                f"{where(frame)}: column {column!r}, {row_label(frame, i)}: expected a finite number, found "
-                f"{raw.iloc[i]!r}. Fix or restore that cell (re-download the original file if unsure). {hint}".rstrip()
-            )
-        out[:, j] = values
+    not_number = np.zeros(out.shape, dtype=bool)
+    numeric_dtype = [pd.api.types.is_numeric_dtype(frame[c].dtype) for c in columns]
+    if all(numeric_dtype):  # the usual case: pandas parsed every cell as a number
+        out[:] = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        for j, column in enumerate(columns):
+            raw = frame[column]
+            out[:, j] = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            if not numeric_dtype[j]:
+                not_number[:, j] = np.isnan(out[:, j]) & ~raw.isna().to_numpy()
+    bad = not_number | np.isinf(out)
+    if not allow_nan:
+        bad |= np.isnan(out)
+    if bad.any():
+        i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise DatasetError(
+            f"{where(frame)}: column {columns[j]!r}, {row_label(frame, int(i))}: expected a finite number, found "
+            f"{show(frame[columns[j]].iloc[i])}. Fix or restore that cell (re-download the original file if "
+            f"unsure). {hint}".rstrip()
+        )
     return out

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Dataset, DatasetSplits
+from .har import HarDataset
 from .power import PowerDataset
 from .sine import SineDataset
 from .traffic import TrafficDataset
 
-DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(), TrafficDataset(), PowerDataset())}
+DATASETS: dict[str, Dataset] = {d.name: d for d in (SineDataset(), HarDataset(), TrafficDataset(), PowerDataset())}
 
 
 def get_dataset(name: str) -> Dataset:

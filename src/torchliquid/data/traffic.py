@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .base import Dataset, DatasetError, DatasetSplits, check_max_windows, windowed_regression
-from .frames import numeric, read_table, require_columns, row_label, where
+from .frames import numeric, read_table, require_columns, row_label, show, where
 from .sources import Search, cache_root, describe_source, downloaded, install, note, sha256_of, zip_member
 
 FILE_NAME = "Metro_Interstate_Traffic_Volume.csv"
@@ -128,7 +128,7 @@ def _holiday_indicator(frame: pd.DataFrame) -> np.ndarray:
         i = int(np.argmax(missing))
         raise DatasetError(
             f"{where(frame)}: column 'holiday', {row_label(frame, i)}: expected a holiday name or the string "
-            f"'None', found {holiday.iloc[i]!r}. If you read the CSV yourself, pass keep_default_na=False "
+            f"'None', found {show(holiday.iloc[i])}. If you read the CSV yourself, pass keep_default_na=False "
             "(pandas otherwise turns 'None' into NaN), or use DATASETS['traffic'].read_frame(path)."
         )
     return (holiday != "None").to_numpy(dtype=np.float64)
@@ -141,6 +141,6 @@ def _timestamps(frame: pd.DataFrame) -> pd.Series:
         i = int(np.argmax(bad))
         raise DatasetError(
             f"{where(frame)}: column 'date_time', {row_label(frame, i)}: expected a timestamp like "
-            f"'2012-10-02 09:00:00', found {frame['date_time'].iloc[i]!r}. {_FIX}"
+            f"'2012-10-02 09:00:00', found {show(frame['date_time'].iloc[i])}. {_FIX}"
         )
     return stamps
