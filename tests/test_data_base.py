@@ -154,6 +154,12 @@ def test_bad_max_windows(bad: object) -> None:
         load_dataset("sine", max_windows=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, None, True])
+def test_bad_seed(bad: object) -> None:
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        load_dataset("sine", seed=bad)  # type: ignore[arg-type]
+
+
 def test_sine_dataset() -> None:
     splits = load_dataset("sine", progress=False)
     t = np.linspace(0, 3 * np.pi, 48)

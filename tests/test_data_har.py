@@ -256,7 +256,7 @@ def test_bad_download_leaves_nothing(tiny_dir: Path, isolated: Path, monkeypatch
 
 def test_frame_functions_for_inference(tiny_dir: Path) -> None:
     folder = tiny_dir / "har" / "UCI HAR Dataset"
-    x = DATASETS["har"].features_from_frame(har.read_features(folder / har.X_TEST))
+    x = DATASETS["har"].features_from_frame(DATASETS["har"].read_frame(folder / har.X_TEST))
     y = DATASETS["har"].targets_from_frame(har.read_labels(folder / har.Y_TEST))
     assert x.shape == (30, 561) and x.dtype == np.float32 and y.dtype == np.int64
     assert y.tolist() == (np.loadtxt(folder / har.Y_TEST, dtype=np.int64) - 1).tolist()

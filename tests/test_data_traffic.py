@@ -226,13 +226,14 @@ def _serve(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> list[str]:
     return requested
 
 
-def test_download_verifies_and_caches(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
+def test_download_verifies_and_caches(monkeypatch: pytest.MonkeyPatch, isolated: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     content = FIXTURE.read_bytes()
     # The real sha256 needs the real 3 MB file; the mechanism is the same with the fixture's hash.
     monkeypatch.setattr(traffic, "SHA256", sources.hashlib.sha256(content).hexdigest())
     requested = _serve(monkeypatch, _zip_with(f"{FILE}.gz", gzip.compress(content)))
-    splits = load_dataset("traffic", progress=False)
-    assert requested == [traffic.URL]
+    splits = load_dataset("traffic", progress=True)
+    assert requested == [traffic.URL] and f"downloaded 0.0 MB from {traffic.URL}" in capsys.readouterr().err
     assert (isolated / "traffic" / FILE).read_bytes() == content
     assert sorted(p.name for p in (isolated / "traffic").iterdir()) == [FILE]  # no temp files left
     assert "identical to UCI's" in splits.source

@@ -199,7 +199,10 @@ def limit_windows(indices: np.ndarray, max_windows: int | None, seed: int, strea
     return indices[np.sort(keep)]
 
 
-def check_max_windows(max_windows: int | None) -> None:
+def check_options(seed: int, max_windows: int | None) -> None:
+    """Validate the ``load`` arguments shared by every dataset."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
     if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1):
         raise ValueError(f"max_windows must be None or a positive int; got {max_windows!r}")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import (Dataset, DatasetError, DatasetSplits, Split, check_max_windows, identity_stats, limit_windows,
+from .base import (Dataset, DatasetError, DatasetSplits, Split, check_options, identity_stats, limit_windows,
                    make_normalization, make_split, min_windows, require_windows, split_indices, window_starts)
 from .frames import numeric, read_table, row_label, show, where
 from .sources import Search, cache_root, downloaded, install, note, open_raw, sha256_of, zip_member
@@ -64,7 +64,7 @@ class HarDataset(Dataset):
     def load(self, data_dir: str | Path | None = None, seed: int = 0, download: bool = True,
              max_windows: int | None = None, progress: bool = True) -> DatasetSplits:
         """Windows of the UCI HAR files found in ``data_dir``, the cache, or downloaded from UCI."""
-        check_max_windows(max_windows)
+        check_options(seed, max_windows)
         paths = self.locate(data_dir, download, progress)
         note(progress, f"reading {paths[X_TRAIN].parent.parent}")
         x_train, y_train = self._pair(paths[X_TRAIN], paths[Y_TRAIN])
@@ -151,6 +151,10 @@ class HarDataset(Dataset):
                 (final / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / rel, final / rel)
         return {rel: final / rel for rel in FILES}
+
+    def read_frame(self, path: str | Path) -> pd.DataFrame:
+        """Read an X file (``X_train.txt``/``X_test.txt`` layout) for :meth:`features_from_frame`."""
+        return read_features(Path(path))
 
     def features_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Rows of 561 feature values -> ``(R, 561)`` float32 (used unchanged by the study)."""

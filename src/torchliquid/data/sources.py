@@ -161,14 +161,14 @@ def downloaded(url: str, directory: Path, progress: bool) -> Iterator[Path]:
         with os.fdopen(fd, "wb") as out, urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             headers = getattr(response, "headers", None)
             total = int(headers.get("Content-Length") or 0) if headers is not None else 0
-            done, shown = 0, -1
+            done, shown = 0, 0
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 out.write(chunk)
                 done += len(chunk)
-                percent = done * 100 // total if total else -1
-                if progress and percent != shown and percent % 10 == 0:
-                    print(f"torchliquid.data: {url}: {done / 1e6:.1f} MB ({percent}%)", file=sys.stderr)
-                    shown = percent
+                tenth = done * 10 // total if total else 0
+                if progress and tenth > shown:  # one line per 10 % when the size is known
+                    print(f"torchliquid.data: {url}: {done / 1e6:.1f} MB ({tenth * 10}%)", file=sys.stderr)
+                    shown = tenth
         if progress:
             print(f"torchliquid.data: downloaded {done / 1e6:.1f} MB from {url}", file=sys.stderr)
         yield tmp

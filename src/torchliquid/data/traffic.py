@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, DatasetError, DatasetSplits, check_max_windows, windowed_regression
+from .base import Dataset, DatasetError, DatasetSplits, check_options, windowed_regression
 from .frames import numeric, read_table, require_columns, row_label, show, where
 from .sources import Search, cache_root, describe_source, downloaded, install, note, sha256_of, zip_member
 
@@ -54,7 +54,7 @@ class TrafficDataset(Dataset):
     def load(self, data_dir: str | Path | None = None, seed: int = 0, download: bool = True,
              max_windows: int | None = None, progress: bool = True) -> DatasetSplits:
         """Windows of the traffic CSV found in ``data_dir``, the cache, or downloaded from UCI."""
-        check_max_windows(max_windows)
+        check_options(seed, max_windows)
         path = self.locate(data_dir, download, progress)
         note(progress, f"reading {path}")
         source = describe_source(path, sha256_of(path), SHA256, FILE_NAME)
