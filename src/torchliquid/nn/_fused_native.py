@@ -1,0 +1,234 @@
+"""Build-on-first-use loader for the CPU kernels in _fused_csrc (C, ctypes, no torch headers).
+
+The kernels are plain C compiled once per machine with the system C compiler (~1 s, cached
+under $TORCHLIQUID_CACHE or ~/.cache/torchliquid) and called through ctypes with raw data
+pointers, which releases the GIL. A torch C++ extension would compile for minutes on a small
+CPU; a plain C library needs no torch headers. Everything degrades: without a compiler, or with
+TORCHLIQUID_NATIVE=0, `available()` is False and callers use their torch paths.
+
+Shape legend: N rows (batch x time), S presynaptic neurons, U units, P synapses, B batch,
+T time steps, K ODE unfolds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import _fused_csrc
+
+_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c99", "-Werror=implicit-function-declaration"]
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_failed: Optional[str] = None
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TORCHLIQUID_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "torchliquid"
+    )
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    # -march=native code is only valid on the CPU it was built for: key the cache on its flags.
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _compile() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        raise RuntimeError("no C compiler (gcc/cc) on PATH")
+    src = _fused_csrc.source()
+    flags = _FLAGS + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+    key = hashlib.sha256("\n".join([src, compiler, *flags, _cpu_signature()]).encode()).hexdigest()
+    target = _cache_dir() / f"fused_{key[:20]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            c_file = Path(tmp) / "fused.c"
+            c_file.write_text(src)
+            out = Path(tmp) / "fused.so"
+            proc = subprocess.run(
+                [compiler, *flags, str(c_file), "-o", str(out), "-lm"],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"{compiler} failed:\n{proc.stderr[-2000:]}")
+            os.replace(out, target)  # atomic: concurrent builders never see half a file
+    # Load after torch so that libgomp.so.1 resolves to the copy torch already loaded.
+    return ctypes.CDLL(str(target))
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernel library, or None when it cannot be built (reason in `failure()`)."""
+    global _lib, _failed
+    if _lib is not None or _failed is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _failed is None:
+            if os.environ.get("TORCHLIQUID_NATIVE", "1") == "0":
+                _failed = "disabled by TORCHLIQUID_NATIVE=0"
+            else:
+                try:
+                    _lib = _compile()
+                except (RuntimeError, OSError) as err:
+                    _failed = str(err)
+                    warnings.warn(
+                        f"torchliquid: native CPU kernels unavailable ({err}); using torch ops",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+    return _lib
+
+
+def failure() -> Optional[str]:
+    """Why the native library is unavailable (None if it loaded or was never asked for)."""
+    return _failed
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def supports(*tensors: torch.Tensor) -> bool:
+    """True when the native kernels can run on these tensors (CPU, fp32/fp64, one dtype)."""
+    dtype = tensors[0].dtype
+    return (
+        all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
+        and dtype in _SUFFIX
+        and available()
+    )
+
+
+def _p(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _r(t: torch.Tensor, value: float):
+    return ctypes.c_float(value) if t.dtype == torch.float32 else ctypes.c_double(value)
+
+
+def _fn(name: str, dtype: torch.dtype):
+    lib = library()
+    assert lib is not None, "native kernels requested but unavailable"
+    return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
+
+
+# Every wrapper takes contiguous tensors of one dtype (callers guarantee it) and int64 indices.
+
+
+def syn_forward(
+    x_NS: torch.Tensor, ptr: torch.Tensor, pre_P: torch.Tensor, params_4P: torch.Tensor, U: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synapse layer over rows: (num_NU, den_NU) = Σ_p w σ(sigma (x_pre - mu)) · (erev, 1)."""
+    N, S = x_NS.shape
+    num_NU = x_NS.new_empty(N, U)
+    den_NU = x_NS.new_empty(N, U)
+    w, mu, sg, ev = params_4P
+    _fn("syn_forward", x_NS.dtype)(
+        ctypes.c_int64(N), ctypes.c_int64(S), ctypes.c_int64(U), _p(x_NS), _p(ptr), _p(pre_P),
+        _p(w), _p(mu), _p(sg), _p(ev), _p(num_NU), _p(den_NU),
+    )  # fmt: skip
+    return num_NU, den_NU
+
+
+def syn_backward(
+    x_NS: torch.Tensor,
+    ptr: torch.Tensor,
+    pre_P: torch.Tensor,
+    params_4P: torch.Tensor,
+    gnum_NU: torch.Tensor,
+    gden_NU: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recomputing backward of syn_forward: returns (grad x_NS, grads_4P for w, mu, sigma, erev)."""
+    N, S = x_NS.shape
+    U = gnum_NU.shape[1]
+    P = pre_P.numel()
+    gx_NS = torch.empty_like(x_NS)
+    grads = torch.zeros(4 * P, dtype=torch.float64)
+    w, mu, sg, ev = params_4P
+    _fn("syn_backward", x_NS.dtype)(
+        ctypes.c_int64(N), ctypes.c_int64(S), ctypes.c_int64(U), ctypes.c_int64(P), _p(x_NS),
+        _p(ptr), _p(pre_P), _p(w), _p(mu), _p(sg), _p(ev), _p(gnum_NU), _p(gden_NU), _p(gx_NS),
+        _p(grads),
+    )  # fmt: skip
+    return gx_NS, grads.view(4, P).to(x_NS.dtype)
+
+
+def ltc_forward(
+    v0_BU: torch.Tensor,
+    sn_BTU: torch.Tensor,
+    sd_BTU: torch.Tensor,
+    cmt_BTU: torch.Tensor,
+    gleak_U: torch.Tensor,
+    vleak_U: torch.Tensor,
+    ptr: torch.Tensor,
+    pre_P: torch.Tensor,
+    params_4P: torch.Tensor,
+    unfolds: int,
+    epsilon: float,
+) -> torch.Tensor:
+    """All states v_BTU of the LTC recurrence (see ltc_fused for the math)."""
+    B, T, U = sn_BTU.shape
+    v_BTU = sn_BTU.new_empty(B, T, U)
+    w, mu, sg, ev = params_4P
+    _fn("ltc_forward", v0_BU.dtype)(
+        ctypes.c_int64(B), ctypes.c_int64(T), ctypes.c_int64(U), ctypes.c_int64(unfolds),
+        _r(v0_BU, epsilon), _p(v0_BU), _p(sn_BTU), _p(sd_BTU), _p(cmt_BTU), _p(gleak_U),
+        _p(vleak_U), _p(ptr), _p(pre_P), _p(w), _p(mu), _p(sg), _p(ev), _p(v_BTU),
+    )  # fmt: skip
+    return v_BTU
+
+
+def ltc_backward(
+    v0_BU: torch.Tensor,
+    sn_BTU: torch.Tensor,
+    sd_BTU: torch.Tensor,
+    cmt_BTU: torch.Tensor,
+    gleak_U: torch.Tensor,
+    vleak_U: torch.Tensor,
+    ptr: torch.Tensor,
+    pre_P: torch.Tensor,
+    params_4P: torch.Tensor,
+    unfolds: int,
+    epsilon: float,
+    v_BTU: torch.Tensor,
+    g_BTU: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Recomputing backward: (g_v0, g_sn, g_sd, g_cmt, g_params_4P, g_gleak, g_vleak)."""
+    B, T, U = sn_BTU.shape
+    P = pre_P.numel()
+    g_v0 = torch.empty_like(v0_BU)
+    g_sn, g_sd, g_cmt = (torch.empty_like(sn_BTU) for _ in range(3))
+    grads = torch.zeros(4 * P + 2 * U, dtype=torch.float64)
+    w, mu, sg, ev = params_4P
+    _fn("ltc_backward", v0_BU.dtype)(
+        ctypes.c_int64(B), ctypes.c_int64(T), ctypes.c_int64(U), ctypes.c_int64(unfolds),
+        ctypes.c_int64(P), _r(v0_BU, epsilon), _p(v0_BU), _p(sn_BTU), _p(sd_BTU), _p(cmt_BTU),
+        _p(gleak_U), _p(vleak_U), _p(ptr), _p(pre_P), _p(w), _p(mu), _p(sg), _p(ev), _p(v_BTU),
+        _p(g_BTU), _p(g_v0), _p(g_sn), _p(g_sd), _p(g_cmt), _p(grads),
+    )  # fmt: skip
+    grads = grads.to(v0_BU.dtype)
+    return g_v0, g_sn, g_sd, g_cmt, grads[: 4 * P].view(4, P), grads[4 * P : 4 * P + U], grads[4 * P + U :]
