@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torchliquid.data import DATASETS, DatasetError, load_dataset
 from torchliquid.data import har, sources
@@ -65,7 +66,7 @@ def test_full_size_windows_and_labels(full_dir: Path) -> None:
     assert (len(splits.train), len(splits.val), len(splits.test)) == (6_603, 733, 367)
     assert splits.task == "classification" and (splits.input_size, splits.output_size, splits.seq_len) == (561, 6, 16)
     assert splits.train.x.shape == (6_603, 16, 561) and splits.train.y.shape == (6_603, 16)
-    assert splits.train.y.dtype.is_floating_point is False
+    assert splits.train.y.dtype == torch.int64 and splits.test.x.dtype == torch.float32
     # Labels are the real UCI ones minus 1, read here independently of the loader.
     y_train = np.loadtxt(SHARED_HAR / "train" / "y_train.txt", dtype=np.int64)
     y_test = np.loadtxt(SHARED_HAR / "test" / "y_test.txt", dtype=np.int64)
@@ -243,7 +244,8 @@ def test_bad_download_leaves_nothing(tiny_dir: Path, isolated: Path, monkeypatch
     expected_sha = har.KNOWN_SHA256[har.Y_TEST]
     if damage == "label":
         (folder / har.Y_TEST).write_bytes((folder / har.Y_TEST).read_bytes().replace(b"5", b"4", 1))
-        message = rf"y_test.txt from .*: sha256 mismatch: expected {expected_sha}, got {sources.sha256_of(folder / har.Y_TEST)}"
+        got = sources.sha256_of(folder / har.Y_TEST)
+        message = rf"y_test.txt from .*: sha256 mismatch: expected {expected_sha}, got {got}"
     else:
         _edit_line(har.X_TEST, 0, lambda line: b"")(folder)
         message = r"test/X_test.txt has shape 30x0, expected 30x561"

@@ -59,7 +59,8 @@ def data_dir_with(root: Path, content: bytes, name: str = FILE) -> Path:
 
 def test_fixture_parses_question_marks_and_forward_fills() -> None:
     frame = DATASETS["power"].read_frame(FIXTURE)
-    assert len(frame) == 360 and frame[list(MEASUREMENTS)].isna().all(axis=1).to_numpy().nonzero()[0].tolist() == [59, 60]
+    missing = frame[list(MEASUREMENTS)].isna().all(axis=1).to_numpy()
+    assert len(frame) == 360 and np.flatnonzero(missing).tolist() == [59, 60]
     x = DATASETS["power"].features_from_frame(frame)
     y = DATASETS["power"].targets_from_frame(frame)
     assert x.shape == (360, 6) and y.shape == (360, 1) and x.dtype == np.float32

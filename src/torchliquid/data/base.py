@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -96,7 +96,9 @@ class DatasetSplits:
         for split_name, split in self.splits().items():
             x_want = (self.seq_len, self.input_size)
             if tuple(split.x.shape[1:]) != x_want:
-                raise ValueError(f"{self.name}.{split_name}.x must be (N, {x_want[0]}, {x_want[1]}); got {tuple(split.x.shape)}")
+                raise ValueError(
+                    f"{self.name}.{split_name}.x must be (N, {x_want[0]}, {x_want[1]}); got {tuple(split.x.shape)}"
+                )
             if self.task == "regression":
                 ok = split.y.dtype == torch.float32 and tuple(split.y.shape[1:]) == (self.seq_len, self.output_size)
                 want = f"float32 (N, {self.seq_len}, {self.output_size})"
@@ -174,7 +176,9 @@ def window_starts(n_rows: int, seq_len: int, stride: int) -> np.ndarray:
     return np.arange(0, max(n_rows - seq_len, 0), stride, dtype=np.int64)
 
 
-def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(
+    n: int, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded split of ``n`` windows into ``(train, val, test)`` index arrays.
 
     ``perm = numpy.random.default_rng(seed).permutation(n)``; the first ``int(val_fraction*n)``
@@ -203,7 +207,8 @@ def check_options(seed: int, max_windows: int | None) -> None:
     """Validate the ``load`` arguments shared by every dataset."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1):
+    bad_type = isinstance(max_windows, bool) or not isinstance(max_windows, int)
+    if max_windows is not None and (bad_type or max_windows < 1):
         raise ValueError(f"max_windows must be None or a positive int; got {max_windows!r}")
 
 
@@ -239,6 +244,14 @@ def require_windows(n_windows: int, minimum: int, where: str, n_rows: int, seq_l
             f"{where}: {n_rows:,} rows give only {n_windows} windows of {seq_len} steps, but at least "
             f"{minimum} are needed so that train, val and test are all non-empty. Provide the complete file."
         )
+
+
+def min_windows(*fractions: float) -> int:
+    """Smallest window count for which every non-zero fraction, and train, get a window."""
+    n = 1
+    while any(f > 0 and int(f * n) < 1 for f in fractions) or n - sum(int(f * n) for f in fractions) < 1:
+        n += 1
+    return n
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -329,12 +342,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def min_windows(*fractions: float) -> int:
-    """Smallest window count for which every non-zero fraction, and train, get a window."""
-    n = 1
-    while any(f > 0 and int(f * n) < 1 for f in fractions) or n - sum(int(f * n) for f in fractions) < 1:
-        n += 1
-    return n
+# --------------------------------------------------------------------------- assembly
 
 
 def windowed_regression(

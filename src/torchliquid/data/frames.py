@@ -37,7 +37,9 @@ def read_table(path: Path, *, what: str, header_lines: int, **kwargs: Any) -> pd
     except pd.errors.EmptyDataError as exc:
         raise DatasetError(f"{path}: the file is empty; expected {what}. Replace it with the original file.") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise DatasetError(f"{path}: cannot parse the file as {what}: {str(exc).strip()}. Replace it with the original file.") from exc
+        raise DatasetError(
+            f"{path}: cannot parse the file as {what}: {str(exc).strip()}. Replace it with the original file."
+        ) from exc
     frame.attrs["source"] = str(path)
     frame.attrs["header_lines"] = header_lines
     if len(frame) == 0:
