@@ -58,7 +58,7 @@ def train_command(cell: CellSpec, run_dir: Path, port: Optional[int]) -> list[st
         if port is None:
             raise ValueError(f"cell {cell.cell_id} runs {cell.nproc} processes and needs a master port")
         args = ["-m", "torch.distributed.run", "--nproc-per-node", str(cell.nproc), "--master-port",
-                str(port), *args[1:], "--lr-scaling", "none", "--backend", cell.resolved_backend]
+                str(port), *args, "--lr-scaling", "none", "--backend", cell.resolved_backend]
     return [sys.executable, *args, *cell.train_args]
 
 
