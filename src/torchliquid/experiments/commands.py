@@ -1,11 +1,14 @@
 """``torchliquid matrix run|report|compare``: argparse wiring for the CLI (a thin shell).
 
-Hook into the main CLI with::
+Hook into the main CLI either way::
 
-    sub = parser.add_subparsers(dest="command")
-    add_matrix_parser(sub)
+    # torchliquid.cli's COMMANDS registry (add_arguments(parser), run(args) -> exit code)
+    command("matrix", MATRIX_HELP, add_matrix_arguments)(run_matrix_command)
+
+    # plain argparse
+    add_matrix_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args()
-    return args.func(args)          # every matrix command sets func(args) -> exit code
+    return args.func(args)
 
 Exit codes: 0 ok, 1 some cells failed, 2 bad input (message on stderr), 130 stopped by SIGINT.
 """
@@ -21,10 +24,25 @@ from .runner import run_matrix
 from .spec import load_matrix
 
 
+MATRIX_HELP = "run, report and compare experiment matrices (configs/*.toml)"
+
+
 def add_matrix_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """Register ``matrix`` with its ``run``, ``report`` and ``compare`` sub-commands."""
-    matrix = subparsers.add_parser("matrix", help="run and report an experiment matrix (configs/*.toml)",
-                                   description="Run the study's experiment matrix, report it, compare two runs.")
+    """Register ``matrix`` with its ``run``, ``report`` and ``compare`` sub-commands; the parsed
+    namespace's ``func(args)`` runs the chosen one and returns the exit code."""
+    matrix = subparsers.add_parser("matrix", help=MATRIX_HELP, description=MATRIX_HELP)
+    add_matrix_arguments(matrix)
+    matrix.set_defaults(func=run_matrix_command)
+    return matrix
+
+
+def run_matrix_command(args: argparse.Namespace) -> int:
+    """Run the ``matrix`` sub-command chosen on the command line; returns the exit code."""
+    return args.matrix_func(args)
+
+
+def add_matrix_arguments(matrix: argparse.ArgumentParser) -> None:
+    """Add the ``run``, ``report`` and ``compare`` sub-commands to a ``matrix`` parser."""
     sub = matrix.add_subparsers(dest="matrix_command", metavar="{run,report,compare}")
     sub.required = True
 
@@ -37,21 +55,20 @@ def add_matrix_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argu
     run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                      help="stop a cell after this long and record it as failed")
     run.add_argument("--no-report", action="store_true", help="do not write report.md after the run")
-    run.set_defaults(func=_run)
+    run.set_defaults(matrix_func=_run)
 
     report = sub.add_parser("report", help="write report.md (+ CSV, PNG) for a results folder")
     report.add_argument("dir", type=Path, help="results folder written by `matrix run`")
     report.add_argument("--html", action="store_true", help="also write one self-contained report.html")
     report.add_argument("--reference", type=Path, default=None,
                         help="published numbers CSV (default: configs/thesis_reference.csv)")
-    report.set_defaults(func=_report)
+    report.set_defaults(matrix_func=_report)
 
     compare = sub.add_parser("compare", help="two results folders side by side")
     compare.add_argument("a", type=Path, help="results folder A (e.g. before)")
     compare.add_argument("b", type=Path, help="results folder B (e.g. after)")
     compare.add_argument("--markdown", action="store_true", help="print a Markdown table instead of text")
-    compare.set_defaults(func=_compare)
-    return matrix
+    compare.set_defaults(matrix_func=_compare)
 
 
 def _error(message: str) -> int:

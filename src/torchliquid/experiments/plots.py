@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from .tables import averaged, device_sort_key, speedup_rows
+from .tables import averaged, dataset_name, device_sort_key, model_name, speedup_rows
 
 FONT = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 11,
         "xtick.labelsize": 11, "ytick.labelsize": 11}
@@ -48,7 +48,11 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def plot_time_vs_batch(rows: Sequence[Mapping[str, Any]], dataset: str, path: Path) -> Optional[Path]:
-    """Training time vs batch size, one line per device, one panel per model."""
+    """Training time vs batch size, one line per device, one panel per model.
+
+    With a single batch size (sine: batch 1) lines would be lone dots, so it draws one bar per
+    device instead.
+    """
     import matplotlib
 
     rows = [r for r in rows if r["dataset"] == dataset and r.get("train_seconds") is not None]
@@ -56,30 +60,47 @@ def plot_time_vs_batch(rows: Sequence[Mapping[str, Any]], dataset: str, path: Pa
         return None
     seconds = averaged(rows, "train_seconds")
     models = sorted({r["model"] for r in rows})
+    batches_all = sorted({r["batch_size"] for r in rows})
     with matplotlib.rc_context(FONT):
         fig, axes = _figure(len(models))
         for ax, model in zip(axes, models):
             devices = sorted({r["device"] for r in rows if r["model"] == model}, key=device_sort_key)
-            spread: list[float] = []
-            for i, device in enumerate(devices):
-                pts = sorted((k[3], v) for k, v in seconds.items()
-                             if k[1] == model and k[2] == device and v is not None)
-                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-                spread += ys
-                ax.plot(xs, ys, marker="o", linewidth=2, markersize=7, color=_colour(device, i), label=device)
-            ax.set_xscale("log", base=2)
-            batches = sorted({r["batch_size"] for r in rows if r["model"] == model})
-            ax.set_xticks(batches, [str(b) for b in batches])
-            ax.minorticks_off()
-            if spread and min(spread) > 0 and max(spread) / min(spread) > 20:
-                ax.set_yscale("log")  # CPU LTC vs GPU CfC spans decades
-            ax.set_title(f"{str(model).upper()}")
-            ax.set_xlabel("Batch size per process (sequences)")
+            if len(batches_all) == 1:
+                ys = [_mean_of(seconds, model, d) for d in devices]
+                bars = ax.bar(devices, ys, color=[_colour(d, i) for i, d in enumerate(devices)], width=0.5)
+                ax.set_xlim(-0.75, len(devices) - 0.25)
+                ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], padding=2)
+                ax.set_xlabel(f"Device (batch size {batches_all[0]})")
+                ax.set_ylim(0, max(ys) * 1.15)
+            else:
+                spread: list[float] = []
+                for i, device in enumerate(devices):
+                    pts = sorted((k[3], v) for k, v in seconds.items()
+                                 if k[1] == model and k[2] == device and v is not None)
+                    spread += [p[1] for p in pts]
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linewidth=2, markersize=7,
+                            color=_colour(device, i), label=device)
+                ax.set_xscale("log", base=2)
+                batches = sorted({r["batch_size"] for r in rows if r["model"] == model})
+                ax.set_xticks(batches, [str(b) for b in batches])
+                ax.minorticks_off()
+                if spread and min(spread) > 0 and max(spread) / min(spread) > 20:
+                    ax.set_yscale("log")  # CPU LTC vs GPU CfC spans decades
+                else:
+                    ax.set_ylim(bottom=0)
+                ax.set_xlabel("Batch size per process (sequences)")
+                ax.legend(title="Device")
+            ax.set_title(model_name(model))
             ax.set_ylabel("Training time (s)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(title="Device")
-        fig.suptitle(f"Training time vs batch size - {dataset}", fontsize=14)
+            ax.grid(True, axis="y", alpha=0.3)
+        what = "per device" if len(batches_all) == 1 else "vs batch size"
+        fig.suptitle(f"Training time {what} - {dataset_name(dataset)}", fontsize=14)
         return _save(fig, path)
+
+
+def _mean_of(seconds: Mapping[tuple, Optional[float]], model: str, device: str) -> float:
+    vals = [v for k, v in seconds.items() if k[1] == model and k[2] == device and v is not None]
+    return sum(vals) / len(vals) if vals else 0.0
 
 
 def plot_speedup(rows: Sequence[Mapping[str, Any]], dataset: str, path: Path) -> Optional[Path]:
@@ -103,17 +124,20 @@ def plot_speedup(rows: Sequence[Mapping[str, Any]], dataset: str, path: Path) ->
                 xs = [j + (i - (len(devices) - 1) / 2) * width for j, b in enumerate(batches) if b in vals]
                 ys = [vals[b] for b in batches if b in vals]
                 bars = ax.bar(xs, ys, width=width * 0.95, color=_colour(device, i), label=device)
-                ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=10, padding=2)
-            ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="CPU = 1")
+                # White boxes keep labels readable where they cross the CPU = 1 line.
+                ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=10, padding=2,
+                             bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1.2, label="CPU = 1", zorder=0)
             ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-            ax.set_title(f"{str(model).upper()}")
+            ax.set_title(model_name(model))
             ax.set_xlabel("Batch size per process (sequences)")
             ax.set_ylabel("Speed-up over CPU (T_cpu / T_n, x)")
             top = max(r["speedup"] for r in mine)
-            ax.set_ylim(0, max(1.2, top * 1.2))
+            ax.set_ylim(0, max(1.4, top * 1.4))  # headroom: the legend sits above the bars
             ax.grid(True, axis="y", alpha=0.3)
-            ax.legend(title="Device")
-        fig.suptitle(f"Speed-up over the CPU baseline - {dataset}", fontsize=14)
+            ax.legend(loc="upper center", ncol=len(devices) + 1, fontsize=10, columnspacing=1.0,
+                      handlelength=1.5)
+        fig.suptitle(f"Speed-up over the CPU baseline - {dataset_name(dataset)}", fontsize=14)
         return _save(fig, path)
 
 
@@ -155,7 +179,7 @@ def plot_sine_predictions(predictions: Mapping[str, Mapping[str, np.ndarray]], p
             ax.plot(p["t"], p["before"], color="#7f7f7f", linestyle="--", linewidth=1.8, label="before training")
             ax.plot(p["t"], p["after"], color="#d62728", linewidth=2, label="after training")
             mse = float(np.mean((p["after"] - p["target"]) ** 2))
-            ax.set_title(f"{str(model).upper()} (MSE after {mse:.3g})")
+            ax.set_title(f"{model_name(model)} (MSE after training {mse:.3g})")
             ax.set_xlabel("Time step")
             ax.set_ylabel("Output (a.u.)")
             ax.grid(True, alpha=0.3)

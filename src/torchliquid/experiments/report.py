@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Union
 from . import plots
 from .spec import load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_text, utc_now
-from .tables import (QUALITY_METRICS, Table, device_sort_key, flatten, fmt, pivot, reference_table,
+from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, device_sort_key, flatten, fmt, pivot, reference_table,
                      speedup_pivot, utilisation_table)
 
 #: The study's published figures, shipped with the source tree.
@@ -105,7 +105,7 @@ def compare_matrices(a: Union[str, Path], b: Union[str, Path]) -> Table:
         ma, mb = (r.get(metric) if r else None for r in (ra, rb))
         speed = ta / tb if ta and tb else None
         epochs = "/".join(str(r["epochs"]) if r else "-" for r in (ra, rb))
-        body.append([str(key[0]), str(key[1]).upper(), key[2], str(key[3]), str(key[4]), epochs,
+        body.append([str(key[0]), model_name(key[1]), key[2], str(key[3]), str(key[4]), epochs,
                      fmt(ta) if ra else "-", fmt(tb) if rb else "-", fmt(speed, 3), metric.replace("test_", ""),
                      fmt(ma) if ra else "-", fmt(mb) if rb else "-"])
         records.append({"dataset": key[0], "model": key[1], "device": key[2], "batch_size": key[3], "seed": key[4],
@@ -148,11 +148,11 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
         for ds in datasets:
             task = next(r["task"] for r in rows if r["dataset"] == ds)
             for m in QUALITY_METRICS.get(task, ("loss",)):
-                t = pivot(rows, ds, f"test_{m}", f"{ds}: test {m} per device x batch size")
+                t = pivot(rows, ds, f"test_{m}", f"{dataset_name(ds)}: test {m} per device x batch size")
                 blocks += [("h", 3, t.title), ("table", t)]
         blocks.append(("h", 2, "Training time (s) per device x batch size"))
         for ds in datasets:
-            t = pivot(rows, ds, "train_seconds", f"{ds}: training time (s)")
+            t = pivot(rows, ds, "train_seconds", f"{dataset_name(ds)}: training time (s)")
             blocks += [("h", 3, t.title), ("table", t)]
             png = plots.plot_time_vs_batch(rows, ds, out / f"time_vs_batch_{ds}.png")
             if png:
@@ -162,16 +162,18 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
                             "batch size and epochs over this run's); efficiency E = S / n for n processes/GPUs."))
         speed_records = []
         for ds in datasets:
+            if {r["device"] for r in rows if r["dataset"] == ds} == {"cpu"}:
+                continue  # only the baseline itself: nothing to compare
             t = speedup_pivot(rows, ds)
             speed_records += t.records
-            blocks += [("h", 3, t.title), ("table", t), ("p", t.note)]
+            blocks += [("h", 3, t.title), ("table", t)] + ([("p", t.note)] if t.note else [])
             png = plots.plot_speedup(rows, ds, out / f"speedup_{ds}.png")
             if png:
                 blocks.append(("img", f"report/{png.name}", f"Speed-up per device and batch size, {ds}"))
         tables["speedup"] = Table("", [], [], records=speed_records)
         util = utilisation_table(rows)
         tables["utilisation"] = util
-        blocks += [("h", 2, util.title), ("table", util)]
+        blocks += [("h", 2, util.title), ("table", util)] + ([("p", util.note)] if util.note else [])
     blocks += _sine_blocks(data, out)
     if reference:
         ref = reference_table(reference, rows)

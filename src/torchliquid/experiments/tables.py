@@ -18,6 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 NA = "n/a"
+MODEL_NAMES = {"cfc": "CfC", "ltc": "LTC"}
+DATASET_NAMES = {"sine": "Sine", "har": "UCI HAR", "traffic": "Metro traffic", "power": "Household power"}
+
+
+def model_name(model: Any) -> str:
+    return MODEL_NAMES.get(str(model), str(model))
+
+
+def dataset_name(dataset: Any) -> str:
+    return DATASET_NAMES.get(str(dataset), str(dataset))
 #: post-training metrics shown per task, in table order.
 QUALITY_METRICS = {"classification": ("accuracy", "loss"), "regression": ("mse", "mae")}
 
@@ -174,7 +184,7 @@ def pivot(rows: Sequence[Mapping[str, Any]], dataset: str, key: str, title: str,
     values = averaged(rows, key)
     devices = sorted({r["device"] for r in rows}, key=device_sort_key)
     lines = sorted({(r["model"], r["batch_size"], r["epochs"]) for r in rows})
-    body = [[m.upper(), str(b), str(e)] + [fmt(values.get((dataset, m, d, b, e)), digits) if
+    body = [[model_name(m), str(b), str(e)] + [fmt(values.get((dataset, m, d, b, e)), digits) if
                                            (dataset, m, d, b, e) in values else "" for d in devices]
             for m, b, e in lines]
     return Table(title, ["Model", "Batch", "Epochs", *devices], body)
@@ -219,7 +229,7 @@ def speedup_table(results: Sequence[Mapping[str, Any]]) -> SpeedupTable:
     rows = speedup_rows([flatten(r) for r in results])
     table = Table("Speed-up over CPU", ["Dataset", "Model", "Batch", "Epochs", "Device", "n", "Time (s)",
                                         "CPU time (s)", "Speed-up", "Efficiency"],
-                  [[str(r["dataset"]), str(r["model"]).upper(), str(r["batch_size"]), str(r["epochs"]), r["device"],
+                  [[str(r["dataset"]), model_name(r["model"]), str(r["batch_size"]), str(r["epochs"]), r["device"],
                     str(r["n"]), fmt(r["seconds"]), fmt(r["cpu_seconds"]), fmt(r["speedup"], 3),
                     fmt(r["efficiency"], 3)] for r in rows])
     return SpeedupTable(rows, table.text())
@@ -237,32 +247,40 @@ def speedup_pivot(rows: Sequence[Mapping[str, Any]], dataset: str) -> Table:
         for d in devices:
             r = by.get((m, b, e, d))
             cells.append("" if r is None else NA if r["speedup"] is None else
-                         f"{r['speedup']:.2f}x ({r['efficiency']:.0%})")
-        body.append([str(m).upper(), str(b), str(e), *cells])
-    return Table(f"Speed-up T_cpu/T_n (scaling efficiency S/n) - {dataset}", ["Model", "Batch", "Epochs", *devices],
-                 body, note="n/a: no single-process CPU run with the same batch size and epochs.", records=sp)
+                         f"{r['speedup']:.2f}x (E {r['efficiency']:.2f})")
+        body.append([model_name(m), str(b), str(e), *cells])
+    return Table(f"{dataset_name(dataset)}: speed-up S = T_cpu/T_n (efficiency E = S/n)", ["Model", "Batch", "Epochs", *devices],
+                 body, note=("n/a: no single-process CPU run with the same batch size and epochs to compare with."
+                       if any(r["speedup"] is None for r in sp) else ""), records=sp)
 
 
 def utilisation_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """GPU utilisation and memory utilisation per GPU, mean / peak %, from each run's monitor."""
+    """GPU utilisation and memory utilisation per GPU (mean / peak %) of every GPU run.
+
+    One line per run; multi-GPU runs list each GPU (``gpu0 20/45; gpu1 25/45``). GPU runs
+    without monitor data show ``n/a`` and the monitor's reason. ``records`` (for the CSV) hold
+    one row per GPU.
+    """
     body, records = [], []
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"], device_sort_key(r["device"]), r["batch_size"])):
-        base = [r["dataset"], str(r["model"]).upper(), r["device"], str(r["batch_size"])]
+    gpu_rows = [r for r in rows if r["device_kind"] == "gpu" or r["gpus"]]
+    for r in sorted(gpu_rows, key=lambda r: (r["dataset"], r["model"], device_sort_key(r["device"]), r["batch_size"])):
+        base = [r["dataset"], model_name(r["model"]), r["device"], str(r["batch_size"])]
+        key = {k: r[k] for k in ("cell_id", "dataset", "model", "device", "batch_size")}
         host = fmt(r.get("host_cpu_mean"), 3)
         if not r["gpus"]:
-            why = r.get("gpu_unavailable_reason") or "no GPU monitor record"
-            body.append(base + [NA, NA, NA, host, why if r["device_kind"] == "gpu" else "CPU run"])
-            records.append({**{k: r[k] for k in ("cell_id", "dataset", "model", "device", "batch_size")},
-                            "gpu": None, "host_cpu_mean": r.get("host_cpu_mean"), "note": why})
+            why = r.get("gpu_unavailable_reason") or "no monitor data in result.json"
+            body.append(base + [NA, NA, host, why])
+            records.append({**key, "gpu": None, "host_cpu_mean": r.get("host_cpu_mean"), "note": why})
             continue
-        for g in r["gpus"]:
-            body.append(base + [g["gpu"], f"{fmt(g['util_mean'], 3)} / {fmt(g['util_peak'], 3)}",
-                                f"{fmt(g['mem_mean'], 3)} / {fmt(g['mem_peak'], 3)}", host, ""])
-            records.append({**{k: r[k] for k in ("cell_id", "dataset", "model", "device", "batch_size")}, **g,
-                            "host_cpu_mean": r.get("host_cpu_mean"), "note": ""})
-    return Table("GPU and memory utilisation (mean / peak, %)",
-                 ["Dataset", "Model", "Device", "Batch", "GPU", "GPU util %", "GPU memory %", "Host CPU % (mean)",
-                  "Note"], body, records=records)
+        util = "; ".join(f"{g['gpu']} {fmt(g['util_mean'], 3)}/{fmt(g['util_peak'], 3)}" for g in r["gpus"])
+        mem = "; ".join(f"{g['gpu']} {fmt(g['mem_mean'], 3)}/{fmt(g['mem_peak'], 3)}" for g in r["gpus"])
+        body.append(base + [util, mem, host, ""])
+        records += [{**key, **g, "host_cpu_mean": r.get("host_cpu_mean"), "note": ""} for g in r["gpus"]]
+    cpu_only = len(rows) - len(gpu_rows)
+    note = f"{cpu_only} CPU run(s) have no GPU and are left out." if cpu_only else ""
+    return Table("GPU and memory utilisation per GPU (mean / peak, %)",
+                 ["Dataset", "Model", "Device", "Batch", "GPU utilisation %", "GPU memory %", "Host CPU % (mean)",
+                  "Note"], body, note=note, records=records)
 
 
 def reference_table(reference: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> Table:
@@ -277,7 +295,8 @@ def reference_table(reference: Sequence[Mapping[str, Any]], rows: Sequence[Mappi
         match = [r for r in rows if all(not ref.get(k) or str(r.get(k)) == str(ref[k])
                                         for k in ("dataset", "model", "device", "batch_size"))]
         metric = str(ref.get("metric") or "")
-        ours = _mean([_num(r.get(metric)) for r in match]) if metric else None
+        values = [v for v in (_num(r.get(metric)) for r in match) if v is not None] if metric else []
+        ours = _mean(values)
         point, low, high = (_num(_float_or_none(ref.get(k))) for k in ("value", "low", "high"))
         published = fmt(point) if point is not None else (f"{fmt(low)}-{fmt(high)}" if low is not None else "")
         ratio = fmt(ours / point, 3) if ours is not None and point else ""
@@ -285,7 +304,12 @@ def reference_table(reference: Sequence[Mapping[str, Any]], rows: Sequence[Mappi
         note = str(ref.get("note") or "")
         if ref.get("epochs") and match and epochs != [int(ref["epochs"])]:
             note = f"ran {epochs} epochs, published {ref['epochs']}; " + note
-        ours_text = fmt(ours) if ours is not None else ("not run here" if not match else NA)
+        if ours is None:
+            ours_text = "not run here" if not match else NA
+        elif point is None and len(values) > 1:  # a published range: show ours as a range too
+            ours_text = f"{fmt(min(values))}-{fmt(max(values))}"
+        else:
+            ours_text = fmt(ours)
         where = ", ".join(str(ref.get(k)) for k in ("dataset", "model", "device", "batch_size") if ref.get(k))
         body.append([where or "all", metric or "-", published, ours_text, ratio, str(ref.get("source") or ""), note])
         records.append({**dict(ref), "this_machine": ours, "ratio": ours / point if ours is not None and point else None})
