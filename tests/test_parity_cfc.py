@@ -7,6 +7,12 @@ of every parameter after a random linear loss.
 
 Tolerances and the comparison itself live in tests/_parity.py (justified there).
 
+The variant product is swept as two orthogonal grids, each crossed with every mode: what the cell
+computes (activation x backbone depth, float32 and float64) and what surrounds it (projection x
+mixed memory x layout x return_sequences). The two groups touch disjoint code (the backbone only
+shapes z inside the cell; projection, LSTM and layout live in the driver), so the full product
+would only multiply the run time.
+
 ncps's batched timespans are wrong (A01: it broadcasts a (B,) vector along units), so timespan
 tests run ncps one sequence at a time with a scalar dt per step and compare each sequence of our
 batched run against it.

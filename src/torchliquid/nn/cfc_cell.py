@@ -276,11 +276,16 @@ class WiredCfCCell(nn.Module):
             )
             self.add_module(f"layer_{layer}", cell)
             in_features = self.layer_sizes[layer]
-        self._layers = [getattr(self, f"layer_{layer}") for layer in range(wiring.num_layers)]
 
     @property
     def wiring(self) -> Wiring:
         return self._wiring
+
+    @property
+    def _layers(self) -> list[CfCCell]:
+        # Looked up on each use, never cached in a list: module replicas (DataParallel, copies)
+        # must run their own sub-cells.
+        return [self._modules[f"layer_{layer}"] for layer in range(len(self.layer_sizes))]
 
     @property
     def num_layers(self) -> int:
