@@ -96,24 +96,17 @@ def canonical_timespans(
         return dt.reshape(1, 1, 1).expand(batch, steps, 1)
     if _shape(dt) in ((steps,), (steps, 1)) and (unbatched or dt.dim() == 1):
         return dt.reshape(1, steps, 1).expand(batch, steps, 1)
-    if not unbatched:
-        lead = (batch, steps) if batch_first else (steps, batch)
-        if _shape(dt) in (lead, lead + (1,)):
-            dt = dt.reshape(lead + (1,))
-            return dt if batch_first else dt.transpose(0, 1)
+    lead = (batch, steps) if batch_first else (steps, batch)
+    if not unbatched and _shape(dt) in (lead, lead + (1,)):
+        dt = dt.reshape(lead + (1,))
+        return dt if batch_first else dt.transpose(0, 1)
     if unbatched:
-        accepted = f"a scalar, ({steps},) or ({steps}, 1)"
+        accepted, given = f"a scalar, ({steps},) or ({steps}, 1)", f"one unbatched sequence of {steps} steps"
     else:
-        lead_names = "(B, T)" if batch_first else "(T, B)"
-        lead = (batch, steps) if batch_first else (steps, batch)
-        accepted = (
-            f"a scalar, ({steps},) shared by the batch, {lead} or {lead + (1,)} "
-            f"(layout {lead_names} because batch_first={batch_first})"
-        )
-    raise ValueError(
-        f"timespans must be {accepted} for input of shape {_shape(like_BTI) if not unbatched else _shape(like_BTI[0])}, "
-        f"got shape {_shape(timespans)}"
-    )
+        layout = "(B, T)" if batch_first else "(T, B)"
+        accepted = f"a scalar, ({steps},) shared by the batch, {lead} or {lead + (1,)}"
+        given = f"input of B={batch} sequences of T={steps} steps ({layout} layout because batch_first={batch_first})"
+    raise ValueError(f"timespans must be {accepted} for {given}, got shape {_shape(timespans)}")
 
 
 def _checked_state(name: str, value: object, expected: tuple[int, ...], like_BTI: torch.Tensor) -> torch.Tensor:
