@@ -172,6 +172,8 @@ class LTCCell(nn.Module):
     def sensory_synapse_count(self) -> int:
         return self._wiring.sensory_synapse_count
 
+    # Both maps act on the last axis only, so a whole-sequence path can apply them to (B, T, ·).
+
     def _map_inputs(self, x_BI: torch.Tensor) -> torch.Tensor:
         if self.input_w is not None:
             x_BI = x_BI * self.input_w
@@ -180,7 +182,7 @@ class LTCCell(nn.Module):
         return x_BI
 
     def _map_outputs(self, v_BU: torch.Tensor) -> torch.Tensor:
-        y_BM = v_BU[:, : self.motor_size]
+        y_BM = v_BU[..., : self.motor_size]
         if self.output_w is not None:
             y_BM = y_BM * self.output_w
         if self.output_b is not None:
