@@ -1,0 +1,173 @@
+"""CLI subcommands of torchliquid.infer: ``predict``, ``export`` and ``stream``.
+
+Each entry of :data:`COMMANDS` is ``(name, help, add_arguments, run)`` in the shape of the CLI's
+``@command`` registry; ``run(args)`` returns the exit code. This module imports only argparse at
+import time (the heavy imports happen inside ``run``), so registering it keeps ``--help`` fast.
+
+    torchliquid predict --run DIR --input FILE [--output FILE] [--stride N] [--any-length]
+    torchliquid export  --run DIR --format onnx|torchscript [--form sequence|step] [--out FILE]
+    torchliquid stream  --run DIR [--input FILE|-] [--dt-column]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+DEFAULT_EXPORT_NAMES = {"onnx": "model.{form}.onnx", "torchscript": "model.{form}.torchscript.pt"}
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory written by torchliquid train")
+    p.add_argument("--input", required=True,
+                   help="a .npy of raw feature windows (N, T, I), or a file in the dataset's raw format "
+                        "(e.g. the traffic CSV)")
+    p.add_argument("--output", default=None,
+                   help=".csv or .npy (default: INPUT.predictions.csv|.npy beside the input)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="rows between window starts in a raw file (default: the window length)")
+    p.add_argument("--batch-size", type=int, default=1024, help="windows per forward pass")
+    p.add_argument("--any-length", action="store_true",
+                   help="accept windows of another length than the run's (trained) window length")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from torchliquid.infer.files import predict_file
+
+    path = predict_file(args.run, args.input, args.output, stride=args.stride, batch_size=args.batch_size,
+                        any_length=args.any_length, device=args.device)
+    print(f"predictions written to {path}", flush=True)
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory written by torchliquid train")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--form", choices=["sequence", "step"], default="sequence",
+                   help="whole sequences with dynamic batch and time (default), or one step (x, h, dt)")
+    p.add_argument("--out", default=None, help="output file (default: RUN/model.FORM.onnx or .torchscript.pt)")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
+                   help="ONNX only: torch.export (Scan op, default) or the legacy TorchScript exporter (Loop op)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="ONNX only: skip running the file in onnxruntime against eager PyTorch")
+
+
+def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequence",
+               exporter: str = "dynamo", verify: bool = True) -> Path:
+    """Export the model of a run; the file's metadata carries the run's preprocessing.
+
+    The exported graph takes NORMALISED inputs (as the model does); the metadata key
+    "torchliquid.preprocessing" holds the normalisation statistics, feature and target names,
+    task and window length needed to prepare raw data.
+    """
+    from torchliquid.infer.export import export_onnx, export_torchscript
+    from torchliquid.infer.predict import Predictor
+
+    predictor = Predictor.from_run(run_dir)
+    path = Path(out) if out else Path(run_dir) / DEFAULT_EXPORT_NAMES[fmt].format(form=form)
+    preprocessing = {"task": predictor.task, "dataset": predictor.dataset, "seq_len": predictor.seq_len,
+                     "feature_names": list(predictor.feature_names), "target_names": list(predictor.target_names),
+                     "normalization": predictor.normalization}
+    metadata = {"torchliquid.preprocessing": json.dumps(preprocessing)}
+    if fmt == "onnx":
+        return export_onnx(predictor.model, path, form=form, exporter=exporter, verify=verify, metadata=metadata)
+    return export_torchscript(predictor.model, path, form=form, metadata=metadata)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify)
+    print(f"{args.format} ({args.form}) written to {path}", flush=True)
+    return 0
+
+
+# -- stream ----------------------------------------------------------------------------------------
+
+
+def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory written by torchliquid train")
+    p.add_argument("--input", default="-",
+                   help="text with one step per line: I comma-separated raw feature values (default: stdin)")
+    p.add_argument("--dt-column", action="store_true",
+                   help="each line ends with one more value: the time elapsed since the previous line")
+
+
+def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = False) -> int:
+    """Feed ``lines`` one step at a time through the run's model; write one prediction per line.
+
+    Blank lines and lines starting with '#' are skipped; a line "reset" starts a new sequence.
+    Returns the number of steps predicted. Raises ValueError naming the line of a bad value.
+    """
+    import numpy as np
+
+    from torchliquid.infer.predict import Predictor
+    from torchliquid.infer.stream import Stream
+
+    predictor = Predictor.from_run(run_dir)
+    stream = Stream(predictor.model)
+    expected = predictor.input_size + (1 if dt_column else 0)
+    steps = 0
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.lower() == "reset":
+            stream.reset()
+            continue
+        fields = [field.strip() for field in text.split(",")]
+        if len(fields) != expected:
+            raise ValueError(f"line {number}: expected {expected} comma-separated values "
+                             f"({', '.join(predictor.feature_names)}{', dt' if dt_column else ''}), got {len(fields)}")
+        try:
+            values = np.array([float(field) for field in fields])
+        except ValueError:
+            bad = next(i for i, field in enumerate(fields) if not _is_float(field))
+            raise ValueError(f"line {number}, column {bad + 1}: expected a number, got {fields[bad]!r}") from None
+        raw_TI, _ = predictor.check_windows(values[None, : predictor.input_size], any_length=True)
+        dt = float(values[-1]) if dt_column else None
+        y = stream.step(predictor.normalize(raw_TI[0, 0]), dt)  # (I,) -> (O,)
+        prediction = predictor.postprocess(y[None, None])
+        if prediction.task == "classification":
+            class_id = int(prediction.classes[0, 0])
+            out.write(f"{predictor.target_names[class_id] if predictor.target_names else class_id}\n")
+        else:
+            out.write(",".join(f"{v:.9g}" for v in prediction.values[0, 0]) + "\n")
+        out.flush()
+        steps += 1
+    return steps
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    if args.input == "-":
+        stream_lines(args.run, sys.stdin, sys.stdout, args.dt_column)
+    else:
+        with open(args.input, encoding="utf-8") as handle:
+            stream_lines(args.run, handle, sys.stdout, args.dt_column)
+    return 0
+
+
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]], ...] = (
+    ("predict", "predict with a trained run for a .npy of windows or a raw data file", add_predict_arguments,
+     run_predict),
+    ("export", "export a trained run's model to ONNX or TorchScript (dynamic batch and time)",
+     add_export_arguments, run_export),
+    ("stream", "online prediction: one step per input line, hidden state carried", add_stream_arguments,
+     run_stream),
+)

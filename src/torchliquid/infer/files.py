@@ -1,0 +1,196 @@
+"""File in, file out: ``predict_file(run_dir, input_path, output_path)``.
+
+Inputs, by extension:
+
+    .npy                 numeric windows (N, T, I) or one window (T, I) of raw (un-normalised)
+                         features, saved with numpy.save (no pickles).
+    anything else        a file in the dataset's RAW format (traffic: the UCI CSV; power: the
+    (.csv, .txt, .gz)    UCI ';' text; har: an X_*.txt file; sine: a CSV with column t). Its rows
+                         go through the dataset's own ``features_from_frame`` (e.g. traffic rows
+                         -> the 7 study features) and are cut into windows of the run's seq_len
+                         every ``stride`` rows (default seq_len: each row is predicted once; a
+                         last window ending at the final row covers a remainder).
+
+Outputs, by extension of ``output_path`` (default: next to the input, ``NAME.predictions.csv``
+for raw files and ``NAME.predictions.npy`` for .npy input), written atomically:
+
+    .csv   one line per (window, step): window, step, [row], then the target columns
+           (regression, in the target's units) or class_id, class, p_<class>... (classification).
+           ``row`` is the 0-based data row of a raw input file.
+    .npy   regression values (N, T, O); classification class ids (N, T) plus the probabilities
+           (N, T, C) in NAME.probabilities.npy beside it.
+
+Bad input raises ValueError naming the file and the row/column (malformed raw rows are reported
+by the dataset's reader), or the window/step/feature of a .npy value.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+from torchliquid.data import get_dataset
+from torchliquid.data.frames import read_table
+
+from .predict import Prediction, Predictor
+
+PathLike = Union[str, os.PathLike]
+OUTPUT_SUFFIXES = (".csv", ".npy")
+
+
+def _read_har(path: Path) -> pd.DataFrame:
+    from torchliquid.data.har import read_features
+
+    return read_features(path)
+
+
+def _read_generic(path: Path) -> pd.DataFrame:
+    return read_table(path, what="a CSV with a header line", header_lines=1)
+
+
+# dataset name -> reader of its raw file format, for datasets without a read_frame method
+RAW_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {"har": _read_har}
+
+
+def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
+    """Raw-format file -> un-normalised feature rows (R, I) via the run's dataset."""
+    path = Path(path)
+    if predictor.dataset is None:
+        raise ValueError(f"{path}: the run records no dataset, so its raw format is unknown; pass a .npy of "
+                         "feature windows instead")
+    dataset = get_dataset(predictor.dataset)
+    reader = RAW_READERS.get(dataset.name) or getattr(dataset, "read_frame", None) or _read_generic
+    frame = reader(path)
+    rows = np.asarray(dataset.features_from_frame(frame))
+    if rows.ndim != 2 or rows.shape[1] != predictor.input_size:
+        raise ValueError(f"{path}: the {dataset.name} rows give features of shape {rows.shape}, the model takes "
+                         f"{predictor.input_size} per row")
+    return rows
+
+
+def window_starts(n_rows: int, length: int, stride: int) -> np.ndarray:
+    """Starts every ``stride`` rows, plus one ending at the last row if a remainder is left over."""
+    starts = np.arange(0, n_rows - length + 1, stride, dtype=np.int64)
+    if starts[-1] + length < n_rows:
+        starts = np.append(starts, n_rows - length)
+    return starts
+
+
+def windows_from_rows(rows: np.ndarray, length: int, stride: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(windows (N, T, I), source row of every step (N, T)) cut from rows (R, I)."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+    if len(rows) < length:
+        raise ValueError(f"{where}: {len(rows)} data rows, but the model's windows have {length} steps; provide "
+                         f"at least {length} rows (or pass any_length=True to predict one shorter window)")
+    starts = window_starts(len(rows), length, stride)
+    row_NT = starts[:, None] + np.arange(length)
+    return rows[row_NT], row_NT
+
+
+def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional[int] = None,
+                 any_length: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """(raw windows, source rows (N, T) or None) from a .npy of windows or a raw-format file."""
+    path = Path(input_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path, allow_pickle=False), None
+        except ValueError as error:  # object arrays need pickles, which we refuse
+            raise ValueError(f"{path}: cannot read a numeric array ({error}); save windows with "
+                             "numpy.save(path, array.astype('float32'))") from None
+    rows = read_raw_rows(predictor, path)
+    length = predictor.seq_len or len(rows)
+    if any_length and len(rows) < length:
+        length = len(rows)
+    return windows_from_rows(rows, length, stride or length, str(path))
+
+
+def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def prediction_frame(prediction: Prediction, rows: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """The long table of a prediction: one line per (window, step)."""
+    main = prediction.values if prediction.task == "regression" else prediction.classes
+    main = main[None] if main.ndim == (2 if prediction.task == "regression" else 1) else main
+    n, steps = main.shape[:2]
+    columns: dict[str, Any] = {"window": np.repeat(np.arange(n), steps), "step": np.tile(np.arange(steps), n)}
+    if rows is not None:
+        columns["row"] = rows.reshape(-1)
+    if prediction.task == "regression":
+        flat = main.reshape(n * steps, -1)
+        names = prediction.names if len(prediction.names) == flat.shape[1] else [f"y{k}" for k in range(flat.shape[1])]
+        columns.update({name: flat[:, k] for k, name in enumerate(names)})
+    else:
+        probabilities = prediction.probabilities.reshape(n * steps, -1)
+        names = prediction.names if len(prediction.names) == probabilities.shape[1] else [
+            str(k) for k in range(probabilities.shape[1])]
+        ids = main.reshape(-1)
+        columns["class_id"] = ids
+        columns["class"] = np.asarray(names, dtype=object)[ids]
+        columns.update({f"p_{name}": probabilities[:, k] for k, name in enumerate(names)})
+    return pd.DataFrame(columns)
+
+
+def write_prediction(prediction: Prediction, output_path: PathLike, rows: Optional[np.ndarray] = None) -> Path:
+    """Write ``prediction`` as .csv or .npy (see the module docstring), atomically; returns the path."""
+    path = Path(output_path)
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {path.name!r}")
+    if suffix == ".csv":
+        frame = prediction_frame(prediction, rows)
+        return _atomic(path, lambda handle: frame.to_csv(handle, index=False, float_format="%.9g"), "w")
+    if prediction.task == "classification":
+        probabilities_path = path.with_name(f"{path.stem}.probabilities.npy")
+        _atomic(probabilities_path, lambda handle: np.save(handle, prediction.probabilities), "wb")
+        return _atomic(path, lambda handle: np.save(handle, prediction.classes), "wb")
+    return _atomic(path, lambda handle: np.save(handle, prediction.values), "wb")
+
+
+def default_output(input_path: PathLike) -> Path:
+    path = Path(input_path)
+    stem = path.name.split(".")[0] or path.stem
+    suffix = ".npy" if path.suffix.lower() == ".npy" else ".csv"
+    return path.with_name(f"{stem}.predictions{suffix}")
+
+
+def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_path: Optional[PathLike] = None, *,
+                 stride: Optional[int] = None, batch_size: int = 1024, any_length: bool = False,
+                 device: str = "cpu") -> Path:
+    """Predict for every window of ``input_path`` with the run ``run`` and write ``output_path``.
+
+    Args:
+        run: a run directory (or an already loaded Predictor).
+        input_path: .npy windows or a file in the dataset's raw format (module docstring).
+        output_path: .csv or .npy; default ``NAME.predictions.csv|.npy`` beside the input.
+        stride: rows between window starts for raw files (default: the window length).
+        any_length: accept windows (or a raw file shorter than one window) of another length.
+
+    Returns the path written.
+    """
+    predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device=device)
+    output = Path(output_path) if output_path is not None else default_output(input_path)
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:  # fail before the (possibly long) prediction
+        raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {output.name!r}")
+    windows, rows = read_windows(predictor, input_path, stride=stride, any_length=any_length)
+    prediction = predictor.predict(windows, batch_size=batch_size, any_length=any_length)
+    return write_prediction(prediction, output, rows)
