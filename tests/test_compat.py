@@ -17,7 +17,7 @@ ncps_torch = pytest.importorskip("ncps.torch")
 ncps_wirings = pytest.importorskip("ncps.wirings")
 
 from torchliquid.compat import from_ncps, to_ncps  # noqa: E402
-from torchliquid.nn import CfC, CfCCell, LTC, LTCCell, WiredCfCCell  # noqa: E402
+from torchliquid.nn import CfC, LTC, LTCCell  # noqa: E402
 from torchliquid.nn import wirings as tl_wirings  # noqa: E402
 
 from _parity import close, compare_runs, random_state  # noqa: E402
