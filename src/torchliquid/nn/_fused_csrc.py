@@ -350,6 +350,7 @@ HEADER = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <omp.h>
 #define LANES 16   /* batch lanes of the recurrence tile */
 #define SLANES 64  /* row lanes of the sensory backward tile: one lane-sum per 64 rows */
 
@@ -380,7 +381,10 @@ static inline double exp_f64(double x) { return exp(x); }
 
 def source() -> str:
     """The full translation unit: the template instantiated for float and double."""
-    parts = [HEADER]
+    from ._fused_csrc_cfc import CFC_HEADER, CFC_TEMPLATE
+
+    parts = [HEADER, CFC_HEADER]
     for real, sfx in (("float", "f32"), ("double", "f64")):
-        parts.append(KERNEL_TEMPLATE.replace("REAL", real).replace("SFX", sfx))
+        for template in (KERNEL_TEMPLATE, CFC_TEMPLATE):
+            parts.append(template.replace("REAL", real).replace("SFX", sfx))
     return "\n".join(parts)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -130,10 +130,38 @@ def _r(t: torch.Tensor, value: float):
     return ctypes.c_float(value) if t.dtype == torch.float32 else ctypes.c_double(value)
 
 
-def _fn(name: str, dtype: torch.dtype):
-    lib = library()
-    assert lib is not None, "native kernels requested but unavailable"
-    return getattr(lib, f"{name}_{_SUFFIX[dtype]}")
+_I64, _INT, _PTR = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+# Argument types per kernel ("r" = REAL scalar): declared once so that calls pass plain ints,
+# which ctypes converts in C (~2x cheaper per call than building ctypes objects in Python).
+_SIGNATURES = {
+    "syn_forward": [_I64] * 3 + [_PTR] * 9,
+    "syn_backward": [_I64] * 4 + [_PTR] * 11,
+    "ltc_forward": [_I64] * 4 + ["r"] + [_PTR] * 13,
+    "ltc_backward": [_I64] * 5 + ["r"] + [_PTR] * 19,
+    "cfc_act_fwd": [_I64, _INT, _PTR, _PTR],
+    "cfc_act_bwd": [_I64, _INT, _PTR, _PTR, _PTR],
+    "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 5,
+    "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 7 + [_I64, _PTR, _PTR],
+}
+_fns: dict[tuple[str, torch.dtype], Any] = {}
+
+
+def kernel(name: str, dtype: torch.dtype) -> Any:
+    """The ctypes function `name` for dtype, with argtypes set (pointers are plain ints)."""
+    fn = _fns.get((name, dtype))
+    if fn is None:
+        lib = library()
+        if lib is None:
+            raise RuntimeError(f"native kernels unavailable: {failure()}")
+        fn = getattr(lib, f"{name}_{_SUFFIX[dtype]}")
+        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
+        fn.argtypes = [real if a == "r" else a for a in _SIGNATURES[name]]
+        fn.restype = None
+        _fns[(name, dtype)] = fn
+    return fn
+
+
+_fn = kernel
 
 
 # Every wrapper takes contiguous tensors of one dtype (callers guarantee it) and int64 indices.
@@ -232,3 +260,64 @@ def ltc_backward(
     )  # fmt: skip
     grads = grads.to(v0_BU.dtype)
     return g_v0, g_sn, g_sd, g_cmt, grads[: 4 * P].view(4, P), grads[4 * P : 4 * P + U], grads[4 * P + U :]
+
+
+# ----------------------------------------------------------------------- CfC element-wise parts
+
+CFC_MODES = {"default": 0, "no_gate": 1, "pure": 2}
+CFC_ACTIVATIONS = {"lecun_tanh": 0, "tanh": 1}  # others run as torch ops
+
+
+def _opt(t: Optional[torch.Tensor]) -> ctypes.c_void_p:
+    return ctypes.c_void_p(0 if t is None else t.data_ptr())
+
+
+def cfc_act_forward(kind: int, pre: torch.Tensor, out: torch.Tensor) -> None:
+    """out = act(pre) element-wise (contiguous, same shape; may alias)."""
+    _fn("cfc_act_fwd", pre.dtype)(ctypes.c_int64(pre.numel()), ctypes.c_int(kind), _p(pre), _p(out))
+
+
+def cfc_act_backward(kind: int, y: torch.Tensor, gy: torch.Tensor, gpre: torch.Tensor) -> None:
+    """gpre = gy * act'(.) computed from the activation's output y."""
+    _fn("cfc_act_bwd", y.dtype)(
+        ctypes.c_int64(y.numel()), ctypes.c_int(kind), _p(y), _p(gy), _p(gpre)
+    )
+
+
+def cfc_tail_forward(
+    mode: int,
+    heads_BX: torch.Tensor,
+    dt_B: Optional[torch.Tensor],
+    w_tau_U: Optional[torch.Tensor],
+    a_U: Optional[torch.Tensor],
+    h_BU: torch.Tensor,
+    acts_B3U: torch.Tensor,
+) -> None:
+    """h_BU and the saved activations acts_B3U from the head outputs (rows of stride X)."""
+    B, U = h_BU.shape
+    _fn("cfc_tail_fwd", h_BU.dtype)(
+        ctypes.c_int64(B), ctypes.c_int64(U), ctypes.c_int(mode), _p(heads_BX),
+        ctypes.c_int64(heads_BX.stride(0)), _opt(dt_B), _opt(w_tau_U), _opt(a_U), _p(h_BU),
+        _p(acts_B3U),
+    )  # fmt: skip
+
+
+def cfc_tail_backward(
+    mode: int,
+    acts_B3U: torch.Tensor,
+    dt_B: Optional[torch.Tensor],
+    w_tau_U: Optional[torch.Tensor],
+    a_U: Optional[torch.Tensor],
+    g_carry_BU: torch.Tensor,
+    g_out_BU: Optional[torch.Tensor],
+    g_heads_BX: torch.Tensor,
+    g_a_BU: Optional[torch.Tensor],
+    g_w_BU: Optional[torch.Tensor],
+) -> None:
+    """g_heads_BX from g = g_carry + g_out; pure mode also accumulates g_a_BU, g_w_BU."""
+    B, U = g_carry_BU.shape
+    _fn("cfc_tail_bwd", g_carry_BU.dtype)(
+        ctypes.c_int64(B), ctypes.c_int64(U), ctypes.c_int(mode), _p(acts_B3U), _opt(dt_B),
+        _opt(w_tau_U), _opt(a_U), _p(g_carry_BU), _opt(g_out_BU), _p(g_heads_BX),
+        ctypes.c_int64(g_heads_BX.stride(0)), _opt(g_a_BU), _opt(g_w_BU),
+    )  # fmt: skip
