@@ -101,7 +101,7 @@ def _quiet_torch_export():
     registration.setLevel(logging.ERROR)  # "torchvision is not installed" notices
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy ONNX exporter's notices
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         try:
             with contextlib.redirect_stdout(io.StringIO()):
