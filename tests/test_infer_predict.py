@@ -1,0 +1,299 @@
+"""Prediction from a trained run: torchliquid.infer.load / Predictor / predict_file / CLI commands.
+
+Start here: a real run is trained once per module (CfC, 1 epoch, on the committed 160-row traffic
+fixture) with the same workflow the CLI uses; the tests then check that the predictor reproduces
+what training saw and recorded:
+
+* raw windows -> predictor == model on the dataset's normalised windows, de-normalised (the
+  float64 round trip of the inputs is exact to float32, so TOL_REL = 1e-6 only covers the
+  last bit of the de-normalised float32 output);
+* the test MSE recomputed from predictions == result.json's post-training mse (MSE_RTOL = 1e-5:
+  float64 sums over a different batching);
+* the raw traffic CSV -> features -> windows path gives the same windows as load_dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from torchliquid.data import apply_normalization, invert_normalization, load_dataset
+from torchliquid.infer import Predictor, load, predict_file
+from torchliquid.infer.commands import COMMANDS, stream_lines
+from torchliquid.nn import CfC
+from torchliquid.train import CheckpointError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TRAFFIC_CSV = FIXTURES / "traffic" / "Metro_Interstate_Traffic_Volume.csv"
+TOL_REL = 1e-6
+MSE_RTOL = 1e-5
+SEQ_LEN, FEATURES = 32, 7
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from torchliquid.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from torchliquid.workflow import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "cfc-traffic"
+    train_run(RunConfig(model=ModelConfig("cfc", units=8),
+                        data=DataConfig("traffic", data_dir=str(FIXTURES), download=False),
+                        train=TrainConfig(epochs=1, batch_size=32, quiet=True, device="cpu"),
+                        out_dir=str(out)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset("traffic", data_dir=FIXTURES, download=False, progress=False)
+
+
+def _raw(x_norm: torch.Tensor, stats) -> np.ndarray:
+    """Un-normalise in float64 so that normalising again gives back x_norm exactly (in float32)."""
+    mean = np.asarray(stats["inputs"]["mean"])
+    std = np.asarray(stats["inputs"]["std"])
+    return x_norm.numpy().astype(np.float64) * std + mean
+
+
+def _expected_values(predictor: Predictor, x_norm: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        out = predictor.model(x_norm)[0]
+    return invert_normalization(out.numpy(), predictor.normalization, "target")
+
+
+# ------------------------------------------------------------------------------------- Predictor
+
+
+def test_load_gives_the_eval_model_and_the_saved_preprocessing(run_dir: Path) -> None:
+    predictor = load(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert not predictor.model.training
+    assert (predictor.task, predictor.dataset, predictor.seq_len) == ("regression", "traffic", SEQ_LEN)
+    assert predictor.normalization == config["normalization"]
+    assert predictor.feature_names[1] == "temp" and predictor.target_names == ("traffic_volume",)
+
+
+def test_predictions_reproduce_the_model_and_the_recorded_test_mse(run_dir: Path, splits) -> None:
+    predictor = load(run_dir)
+    result = predictor.predict(_raw(splits.test.x, predictor.normalization), batch_size=3)
+    expected = _expected_values(predictor, splits.test.x)
+    np.testing.assert_allclose(result.values, expected, rtol=TOL_REL, atol=0)
+    assert result.classes is None and result.probabilities is None
+    normalised = apply_normalization(result.values, predictor.normalization, "target")
+    mse = float(np.mean((normalised.astype(np.float64) - splits.test.y.numpy()) ** 2))
+    recorded = json.loads((run_dir / "result.json").read_text())["post_training"]["mse"]
+    assert mse == pytest.approx(recorded, rel=MSE_RTOL)
+
+
+def test_one_window_and_other_lengths(run_dir: Path, splits) -> None:
+    predictor = load(run_dir)
+    raw = _raw(splits.test.x, predictor.normalization)
+    single = predictor.predict(raw[0])
+    assert single.values.shape == (SEQ_LEN, 1)
+    np.testing.assert_allclose(single.values, _expected_values(predictor, splits.test.x[:1])[0], rtol=TOL_REL)
+    assert predictor.predict(raw[:, :20], any_length=True).values.shape == (len(raw), 20, 1)
+
+
+@pytest.mark.parametrize(("mutate", "match"), [
+    (lambda w: w[:, :, :5], r"7 features per step \(holiday, temp, .*\), got 5"),
+    (lambda w: w[:, :30], r"32 steps \(the run's window length\), got 30"),
+    (lambda w: _set(w, (1, 4, 2), np.nan), r"window 1, step 4, feature 'rain_1h' \(column 2\) is nan"),
+    (lambda w: _set(w, (0, 0, 6), np.inf), r"window 0, step 0, feature 'hour_sin' \(column 6\) is inf"),
+    (lambda w: w[None], r"\(N, T, I\) or one window \(T, I\) with I = 7, got shape \(1, 2, 32, 7\)"),
+    (lambda w: w.astype(str), r"windows must hold numbers, got dtype <U"),
+    (lambda w: _set(w.astype(object), (1, 2, 3), "x"), r"value at index \(1, 2, 3\) is 'x'"),
+    (lambda w: w[:0], r"at least one window"),
+], ids=["features", "length", "nan", "inf", "4-d", "strings", "object", "empty"])
+def test_bad_windows_are_named(run_dir: Path, mutate, match: str) -> None:
+    windows = np.zeros((2, SEQ_LEN, FEATURES))
+    with pytest.raises(ValueError, match=match):
+        load(run_dir).predict(mutate(windows))
+
+
+def _set(array: np.ndarray, index, value) -> np.ndarray:
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+def test_classification_gives_class_ids_and_probabilities(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CfC(5, 8, proj_size=3)
+    stats = {"inputs": {"names": list("abcde"), "mean": [1.0] * 5, "std": [2.0] * 5}, "target": None,
+             "classes": ["walk", "sit", "lie"]}
+    predictor = Predictor(model, task="classification", normalization=stats, seq_len=6)
+    raw = np.random.default_rng(0).normal(size=(4, 6, 5))
+    result = predictor.predict(raw)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(((raw - 1.0) / 2.0).astype(np.float32)))[0]
+    torch.testing.assert_close(torch.from_numpy(result.probabilities), torch.softmax(logits, -1), atol=1e-6, rtol=0)
+    assert result.classes.dtype == np.int64 and (result.classes == logits.argmax(-1).numpy()).all()
+    assert result.values is None and result.names == ("walk", "sit", "lie")
+
+    np.save(tmp_path / "w.npy", raw)
+    table = pd.read_csv(predict_file(predictor, tmp_path / "w.npy", tmp_path / "p.csv"))
+    assert list(table.columns) == ["window", "step", "class_id", "class", "p_walk", "p_sit", "p_lie"]
+    assert (table["class"] == np.array(["walk", "sit", "lie"])[table["class_id"]]).all()
+    predict_file(predictor, tmp_path / "w.npy", tmp_path / "p.npy")
+    assert (np.load(tmp_path / "p.npy") == result.classes).all()
+    np.testing.assert_array_equal(np.load(tmp_path / "p.probabilities.npy"), result.probabilities)
+
+
+# ----------------------------------------------------------------------------------------- files
+
+
+def test_raw_csv_windows_are_the_dataset_windows(run_dir: Path, splits, tmp_path: Path) -> None:
+    predictor = load(run_dir)
+    path = predict_file(run_dir, TRAFFIC_CSV, tmp_path / "pred.csv", stride=1)
+    table = pd.read_csv(path)
+    n_rows = len(pd.read_csv(TRAFFIC_CSV))
+    assert len(table) == (n_rows - SEQ_LEN + 1) * SEQ_LEN
+    assert (table["row"] == table["window"] + table["step"]).all()  # stride 1: window w starts at row w
+    values_NT = table["traffic_volume"].to_numpy().reshape(-1, SEQ_LEN)
+    test_starts = splits.test.starts.numpy()
+    np.testing.assert_allclose(values_NT[test_starts], _expected_values(predictor, splits.test.x)[..., 0],
+                               rtol=TOL_REL)
+
+
+def test_default_stride_predicts_every_row_and_the_remainder(run_dir: Path, tmp_path: Path) -> None:
+    table = pd.read_csv(predict_file(run_dir, TRAFFIC_CSV, tmp_path / "pred.csv"))
+    n_rows = len(pd.read_csv(TRAFFIC_CSV))  # 160 = 5 windows of 32, no remainder
+    assert sorted(set(table["row"])) == list(range(n_rows))
+    short = _traffic_frame().iloc[:70]  # 2 windows of 32 + a last one ending at row 69
+    short.to_csv(tmp_path / "short.csv", index=False)
+    table = pd.read_csv(predict_file(run_dir, tmp_path / "short.csv"))
+    starts = table.loc[table["step"] == 0, "row"].tolist()
+    assert starts == [0, 32, 38] and (tmp_path / "short.predictions.csv").is_file()
+
+
+def test_npy_in_npy_out(run_dir: Path, splits, tmp_path: Path) -> None:
+    predictor = load(run_dir)
+    raw = _raw(splits.test.x, predictor.normalization).astype(np.float32)
+    np.save(tmp_path / "windows.npy", raw)
+    path = predict_file(run_dir, tmp_path / "windows.npy")
+    assert path == tmp_path / "windows.predictions.npy"
+    np.testing.assert_array_equal(np.load(path), predictor.predict(raw).values)
+    table = pd.read_csv(predict_file(run_dir, tmp_path / "windows.npy", tmp_path / "p.csv"))
+    assert list(table.columns) == ["window", "step", "traffic_volume"] and len(table) == raw.shape[0] * SEQ_LEN
+
+
+def _traffic_frame() -> pd.DataFrame:
+    return pd.read_csv(TRAFFIC_CSV, keep_default_na=False, dtype=str)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda f: f.drop(columns=["temp"]), r"missing column\(s\) \['temp'\]"),
+    (lambda f: _cell(f, 3, "temp", ""), r"column 'temp', row 3 \(file line 5\): expected a finite number"),
+    (lambda f: _cell(f, 5, "rain_1h", "abc"), r"column 'rain_1h', row 5 \(file line 7\).*'abc'"),
+    (lambda f: _cell(f, 7, "date_time", "yesterday"), r"column 'date_time', row 7 \(file line 9\)"),
+    (lambda f: _cell(f, 2, "holiday", ""), r"column 'holiday', row 2 \(file line 4\)"),
+    (lambda f: f.iloc[:10], r"10 data rows, but the model's windows have 32 steps"),
+], ids=["missing-column", "empty-cell", "non-numeric", "bad-date", "empty-holiday", "too-short"])
+def test_bad_raw_rows_are_named(run_dir: Path, tmp_path: Path, edit, match: str) -> None:
+    path = tmp_path / "rows.csv"
+    edit(_traffic_frame()).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=match) as raised:
+        predict_file(run_dir, path, tmp_path / "out.csv")
+    assert str(path) in str(raised.value) or "data rows" in str(raised.value)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def _cell(frame: pd.DataFrame, row: int, column: str, value: str) -> pd.DataFrame:
+    frame = frame.copy()
+    frame.loc[row, column] = value
+    return frame
+
+
+def test_file_errors(run_dir: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="cannot read a numeric array"):
+        predict_file(run_dir, tmp_path / "obj.npy")
+    np.save(tmp_path / "w.npy", np.zeros((1, SEQ_LEN, FEATURES)))
+    with pytest.raises(ValueError, match=r"output file must end in one of \['.csv', '.npy'\], got 'p.txt'"):
+        predict_file(run_dir, tmp_path / "w.npy", tmp_path / "p.txt")
+    with pytest.raises(FileNotFoundError, match="input file"):
+        predict_file(run_dir, tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="run directory"):
+        load(tmp_path / "no-run")
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load(tmp_path / "empty-run")
+
+
+def test_a_failed_write_keeps_the_previous_output(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    np.save(tmp_path / "w.npy", np.zeros((1, SEQ_LEN, FEATURES)))
+    out = tmp_path / "p.npy"
+    out.write_bytes(b"previous")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("torchliquid.infer.files.np.save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        predict_file(run_dir, tmp_path / "w.npy", out)
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npy", "w.npy"]  # no temporary file left
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="torchliquid")
+    sub = parser.add_subparsers(dest="command", required=True)
+    runners = {}
+    for name, help_text, add_arguments, run in COMMANDS:
+        add_arguments(sub.add_parser(name, help=help_text))
+        runners[name] = run
+    args = parser.parse_args(argv)
+    args.run_command = runners[args.command]
+    return args
+
+
+def test_predict_command(run_dir: Path, tmp_path: Path, capsys) -> None:
+    args = _parse(["predict", "--run", str(run_dir), "--input", str(TRAFFIC_CSV), "--output", str(tmp_path / "p.csv")])
+    assert args.run_command(args) == 0
+    assert "predictions written to" in capsys.readouterr().out and (tmp_path / "p.csv").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_command_carries_the_preprocessing(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+    import onnx
+
+    out = tmp_path / f"m.{fmt}"
+    args = _parse(["export", "--run", str(run_dir), "--format", fmt, "--out", str(out), "--exporter", "torchscript"])
+    assert args.run_command(args) == 0
+    if fmt == "onnx":
+        props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        preprocessing = json.loads(props["torchliquid.preprocessing"])
+    else:
+        extra = {"torchliquid.preprocessing.json": ""}
+        with pytest.warns(FutureWarning):
+            torch.jit.load(str(out), _extra_files=extra)
+        preprocessing = json.loads(extra["torchliquid.preprocessing.json"])
+    assert preprocessing["seq_len"] == SEQ_LEN and preprocessing["normalization"] == load(run_dir).normalization
+
+
+def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) -> None:
+    predictor = load(run_dir)
+    raw = _raw(splits.test.x[:1], predictor.normalization)[0]
+    text = "# one window, then a reset and its first step again\n"
+    lines = [",".join(repr(float(v)) for v in row) for row in raw]
+    text += "\n".join(lines) + "\nreset\n" + lines[0]
+    out = io.StringIO()
+    assert stream_lines(str(run_dir), io.StringIO(text), out) == SEQ_LEN + 1
+    streamed = np.array([float(line) for line in out.getvalue().split()])
+    expected = predictor.predict(raw).values[:, 0]
+    np.testing.assert_allclose(streamed[:SEQ_LEN], expected, rtol=1e-6)  # %.9g printing keeps 9 digits
+    assert streamed[SEQ_LEN] == streamed[0]
+    with pytest.raises(ValueError, match=r"line 2, column 3: expected a number, got 'x'"):
+        stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,6\n0,1,x,3,4,5,6\n"), io.StringIO())
+    with pytest.raises(ValueError, match=r"line 1: expected 7 comma-separated values .*got 3"):
+        stream_lines(str(run_dir), io.StringIO("1,2,3\n"), io.StringIO())
