@@ -13,7 +13,7 @@ Shape legend: B batch, T time, I inputs, U units, Z first-layer input (I+U) or H
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,17 +130,21 @@ def cfc_sequence_jit(
 
 
 def _step(
-    p0_BO: torch.Tensor,
+    p0_TBO: torch.Tensor,
+    t: int,
     h_BU: torch.Tensor,
     w_h_t: torch.Tensor,
     weights: Sequence[torch.Tensor],
     biases: Sequence[torch.Tensor],
-    dt_B1: torch.Tensor,
+    dt_TB1: torch.Tensor,
     mode: str,
     activation: str,
     w_tau_1U: Optional[torch.Tensor],
     a_1U: Optional[torch.Tensor],
 ) -> torch.Tensor:
+    # Whole (T, ...) tensors and the step index go in, so T and t are symbolic in one graph;
+    # per-step slices as inputs would carry storage offsets that guards specialise on.
+    p0_BO, dt_B1 = p0_TBO[t], dt_TB1[t]
     U = h_BU.shape[1]
     act = functional.ACTIVATIONS[activation]
     z = torch.addmm(p0_BO, h_BU, w_h_t)
@@ -156,6 +160,15 @@ def _step(
 
 
 _compiled_step: Optional[Callable] = None
+# torch.compile backend of the step; "inductor" generates fused C++/Triton. Tests swap in a
+# counting backend to prove the step compiles once for every sequence length.
+COMPILE_BACKEND: Any = "inductor"
+
+
+def reset_compiled() -> None:
+    """Forget the compiled step (after changing COMPILE_BACKEND)."""
+    global _compiled_step
+    _compiled_step = None
 
 
 def cfc_sequence_compiled(
@@ -166,17 +179,18 @@ def cfc_sequence_compiled(
     activation, depth), none per sequence length."""
     global _compiled_step
     if _compiled_step is None:
-        _compiled_step = torch.compile(_step, dynamic=True)
+        _compiled_step = torch.compile(_step, dynamic=True, backend=COMPILE_BACKEND)
     B, T, I = x_BTI.shape
     weights = list(backbone_weights) + [head_weight_XZ]
     biases = list(backbone_biases) + [head_bias_X]
-    p0_BTO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), weights[0][:, :I].t()).view(B, T, -1)
+    # Time-major, contiguous per-step slices: a (B, O) block has the same strides for every T,
+    # so the compiled step's guards never see the sequence length.
+    p0_TBO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), weights[0][:, :I].t()).view(B, T, -1)
+    p0_TBO = p0_TBO.transpose(0, 1).contiguous()
+    dt_TB1 = x_BTI.new_ones(T, B, 1) if dt_BT1 is None else dt_BT1.transpose(0, 1).contiguous()
     w_h_t = weights[0][:, I:].t()
     h_BU, states = h0_BU, []
     for t in range(T):
-        h_BU = _compiled_step(
-            p0_BTO[:, t], h_BU, w_h_t, weights, biases, _dt(dt_BT1, t, x_BTI), mode, activation,
-            w_tau_1U, a_1U,
-        )  # fmt: skip
+        h_BU = _compiled_step(p0_TBO, t, h_BU, w_h_t, weights, biases, dt_TB1, mode, activation, w_tau_1U, a_1U)
         states.append(h_BU)
     return torch.stack(states, 1)

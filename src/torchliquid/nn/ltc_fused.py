@@ -30,6 +30,7 @@ Shape legend: B batch, T time, I inputs (sensory), U units, P synapses, N = B·T
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -48,17 +49,23 @@ BACKENDS = ("auto", "native", "torch-sparse", "torch-dense")
 SPARSE_BELOW = 0.5  # density under which the torch path gathers pairs instead of masking a grid
 _ROW_CHUNK_ELEMENTS = 1 << 22  # torch sensory path: rows per chunk x pairs stays under 4M
 
-_index_cache: dict[tuple, SynapseIndex] = {}
+_index_cache: dict[int, tuple[weakref.ref, int, SynapseIndex]] = {}
 
 
 def synapse_index(mask_SU: torch.Tensor) -> SynapseIndex:
-    """The SynapseIndex of a mask, cached on the mask's storage and version (masks are buffers)."""
-    key = (mask_SU.data_ptr(), mask_SU._version, tuple(mask_SU.shape), str(mask_SU.device))
-    index = _index_cache.get(key)
-    if index is None:
-        if len(_index_cache) > 64:
-            _index_cache.clear()
-        index = _index_cache[key] = SynapseIndex.from_mask(mask_SU)
+    """The SynapseIndex of a mask, cached per mask object and version (masks are buffers).
+
+    Keyed on the tensor object itself (checked through a weak reference), never on its address:
+    a freed mask's memory can be reused by a different mask of the same shape.
+    """
+    entry = _index_cache.get(id(mask_SU))
+    if entry is not None and entry[0]() is mask_SU and entry[1] == mask_SU._version:
+        return entry[2]
+    if len(_index_cache) > 256:
+        for key in [k for k, e in _index_cache.items() if e[0]() is None]:
+            del _index_cache[key]
+    index = SynapseIndex.from_mask(mask_SU)
+    _index_cache[id(mask_SU)] = (weakref.ref(mask_SU), mask_SU._version, index)
     return index
 
 
