@@ -194,3 +194,28 @@ def test_dry_run_writes_nothing_and_estimates(tmp_path: Path) -> None:
     assert plan[cfc128.cell_id].estimate_s == pytest.approx(200.0 / 50 * 50)
     assert plan[cfc128.cell_id].estimate_source == f"scaled from {cfc64.cell_id}"
     assert "to run" in run.summary()
+
+
+TORCHRUN_STDERR = """\
+Setting OMP_NUM_THREADS environment variable for each process to be 1 in default
+torchliquid: error: unrecognized arguments: --backend gloo (see torchliquid --help)
+E1203 17:32:01.086000 16639 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 2)
+Traceback (most recent call last):
+  File "/venv/torch/distributed/elastic/multiprocessing/errors/__init__.py", line 380, in wrapper
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+  exitcode  : -15 (pid: 16724)  (SIGTERM)
+------------------------------------------------------------
+"""
+
+
+def test_error_summary_finds_the_workers_error_under_torchrun_noise(tmp_path: Path) -> None:
+    from torchliquid.experiments.runner import error_summary
+
+    (tmp_path / "a.log").write_text(TORCHRUN_STDERR)
+    assert error_summary(tmp_path / "a.log").startswith("torchliquid: error: unrecognized arguments")
+    (tmp_path / "b.log").write_text("loading\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                    "ValueError: unknown dataset 'x'\n")
+    assert error_summary(tmp_path / "b.log") == "ValueError: unknown dataset 'x'"
+    (tmp_path / "c.log").write_text("just a last line\n\n")
+    assert error_summary(tmp_path / "c.log") == "just a last line"

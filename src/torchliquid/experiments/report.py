@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from . import plots
+from .runner import summarize_stderr
 from .spec import load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_text, utc_now
 from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, device_sort_key, flatten, fmt, pivot, reference_table,
@@ -126,7 +127,7 @@ def _machine(done: Sequence[dict[str, Any]]) -> str:
     gpus = env.get("gpu_models") or []
     gpu = f"{len(gpus)} x {gpus[0]}" if gpus else "no GPU"
     return (f"{env.get('hostname', '?')}: {env.get('cpu_model') or 'unknown CPU'} ({env.get('cpu_cores', '?')} cores), "
-            f"{gpu}, torch {env.get('torch', '?')}, CUDA {env.get('cuda') or 'none'}")
+            f"{gpu}, torch {env.get('torch', '?')} (CUDA build {env.get('cuda') or 'none'})")
 
 
 def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[dict[str, str]],
@@ -170,10 +171,14 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
             png = plots.plot_speedup(rows, ds, out / f"speedup_{ds}.png")
             if png:
                 blocks.append(("img", f"report/{png.name}", f"Speed-up per device and batch size, {ds}"))
+        if not speed_records:
+            blocks.append(("p", "No runs on devices other than the single-process CPU yet: nothing to compare."))
         tables["speedup"] = Table("", [], [], records=speed_records)
         util = utilisation_table(rows)
         tables["utilisation"] = util
-        blocks += [("h", 2, util.title), ("table", util)] + ([("p", util.note)] if util.note else [])
+        blocks.append(("h", 2, util.title))
+        blocks += [("table", util)] if util.rows else [("p", "No GPU runs.")]
+        blocks += [("p", util.note)] if util.note else []
     blocks += _sine_blocks(data, out)
     if reference:
         ref = reference_table(reference, rows)
@@ -216,9 +221,11 @@ def _problem_blocks(data: dict[str, Any]) -> list[Block]:
             err = r.get("error") or {}
             tail = (err.get("stderr_tail") or "").strip().splitlines()
             message = err.get("message") or ("runner stopped during this cell" if r["status"] == "running" else "")
-            rows.append([r["cell_id"], r["status"], message, tail[-1][:160] if tail else ""])
+            cause = err.get("summary") or summarize_stderr(err.get("stderr_tail") or "") or "see stderr.log"
+            rows.append([r["cell_id"], r["status"], message, cause[:200]])
         blocks += [("h", 2, "Failed or interrupted cells (rerun the matrix to retry them)"),
-                   ("table", Table("", ["Cell", "Status", "Error", "Last stderr line"], rows))]
+                   ("p", "Full logs: `runs/<cell>/stderr.log`; the store keeps the last lines of each."),
+                   ("table", Table("", ["Cell", "Status", "Error", "Cause (from stderr)"], rows))]
     if data["skipped"]:
         rows = [[p["cell_id"], p.get("reason", "")] for p in data["skipped"]]
         blocks += [("h", 2, "Cells skipped on this machine"), ("table", Table("", ["Cell", "Reason"], rows))]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import platform
 import shutil
 import signal
@@ -262,6 +263,7 @@ def _run_cell(cell: CellSpec, out_dir: Path, store: ResultStore, launcher: Launc
         echo(f"    done in {_hms(wall)}")
         return "done"
     tail = _tail(run_dir / "stderr.log", STDERR_TAIL_LINES)
+    cause = error_summary(run_dir / "stderr.log")
     if guard.requested and not timed_out:
         status, message = "interrupted", "stopped by SIGINT"
     elif timed_out:
@@ -271,9 +273,8 @@ def _run_cell(cell: CellSpec, out_dir: Path, store: ResultStore, launcher: Launc
     else:
         status, message = "failed", f"exit code {exit_code}"
     store.append({**base, "status": status, "wall_seconds": wall,
-                  "error": {"exit_code": exit_code, "message": message, "stderr_tail": tail}})
-    last = tail.strip().splitlines()[-1] if tail.strip() else "(no stderr)"
-    echo(f"    {status}: {message}; {last}  [logs: {run_dir}]")
+                  "error": {"exit_code": exit_code, "message": message, "summary": cause, "stderr_tail": tail}})
+    echo(f"    {status}: {message}; {cause or '(no stderr)'}  [logs: {run_dir}]")
     return status
 
 
@@ -346,6 +347,31 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
                 parsed[k] = v
         out.append(parsed)
     return out
+
+
+# torchrun's own log lines ("E1203 17:32:01.086000 ...") and its failure banner are noise next to
+# the worker's error, which is what a reader needs.
+_LAUNCHER_NOISE = re.compile(r"^[EWI]\d{4} |ChildFailedError|^\s+\w+\s*: |^\s*File \"|^Traceback|^\[\d+\]:$"
+                             r"|^Failures:|^Root Cause|FAILED$|^<NO_OTHER_FAILURES>")
+_ERROR_LINE = re.compile(r"\w*(Error|Exception)\b|error:|Killed|[Oo]ut of memory")
+
+
+def error_summary(path: Path) -> str:
+    """:func:`summarize_stderr` of a log file ("" when it cannot be read)."""
+    try:
+        return summarize_stderr(path.read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
+def summarize_stderr(text: str) -> str:
+    """The most telling line of a failed cell's stderr: the last error-looking line that is not
+    launcher noise (for torchrun cells, the worker's own error), else the last non-empty line."""
+    # Noise is matched on raw lines: the banner's "  host      : ..." rows are told apart by indent.
+    useful = [ln.strip() for ln in text.splitlines()
+              if ln.strip() and not _LAUNCHER_NOISE.search(ln) and not set(ln.strip()) <= set("=-*^~ ")]
+    errors = [ln for ln in useful if _ERROR_LINE.search(ln)]
+    return (errors or useful or [""])[-1][:300]
 
 
 def _tail(path: Path, lines: int) -> str:
