@@ -210,7 +210,7 @@ torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 
 
 def test_error_summary_finds_the_workers_error_under_torchrun_noise(tmp_path: Path) -> None:
-    from torchliquid.experiments.runner import error_summary
+    from torchliquid.experiments.cellfiles import error_summary
 
     (tmp_path / "a.log").write_text(TORCHRUN_STDERR)
     assert error_summary(tmp_path / "a.log").startswith("torchliquid: error: unrecognized arguments")
@@ -219,3 +219,16 @@ def test_error_summary_finds_the_workers_error_under_torchrun_noise(tmp_path: Pa
     assert error_summary(tmp_path / "b.log") == "ValueError: unknown dataset 'x'"
     (tmp_path / "c.log").write_text("just a last line\n\n")
     assert error_summary(tmp_path / "c.log") == "just a last line"
+
+
+def test_second_runner_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl", reason="the folder lock uses POSIX flock")
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `matrix run` would
+        launcher = FakeLauncher()
+        with pytest.raises(RuntimeError, match="in use"):
+            run_matrix(small_matrix(batch_sizes=(1,)), tmp_path, launcher=launcher, gpus=0, echo=quiet)
+        assert launcher.launched == []
+    run_matrix(small_matrix(batch_sizes=(1,)), tmp_path, launcher=launcher, gpus=0, echo=quiet)
+    assert len(launcher.launched) == 1  # released: the next runner proceeds

@@ -6,9 +6,11 @@
 >>> write_report("results/quick", html=True)                                # doctest: +SKIP
 """
 
+from .report import compare_matrices, write_report
 from .runner import MatrixRun, PlannedCell, run_matrix, train_command
 from .spec import CellSpec, DeviceSpec, MatrixSpec, load_matrix, parse_matrix
 from .store import ResultStore
+from .tables import SpeedupTable, speedup_table
 
 __all__ = [
     "CellSpec",
@@ -17,8 +19,12 @@ __all__ = [
     "MatrixSpec",
     "PlannedCell",
     "ResultStore",
+    "SpeedupTable",
+    "compare_matrices",
     "load_matrix",
     "parse_matrix",
     "run_matrix",
+    "speedup_table",
     "train_command",
+    "write_report",
 ]

@@ -82,7 +82,10 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _error(str(exc))
     out = args.out if args.out is not None else Path("results") / matrix.name
-    result = run_matrix(matrix, out, dry_run=args.dry_run, cell_timeout_s=args.timeout)
+    try:
+        result = run_matrix(matrix, out, dry_run=args.dry_run, cell_timeout_s=args.timeout)
+    except RuntimeError as exc:  # another runner holds the folder
+        return _error(str(exc))
     print(result.summary())
     if args.dry_run:
         return 0

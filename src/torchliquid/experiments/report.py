@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from . import plots
-from .runner import summarize_stderr
+from .cellfiles import summarize_stderr
 from .spec import load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_text, utc_now
 from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, device_sort_key, flatten, fmt, pivot, reference_table,

@@ -20,9 +20,8 @@ callable ``(cell, run_dir, port) -> argv``; tests inject a tiny python script in
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import os
-import re
 import platform
 import shutil
 import signal
@@ -33,8 +32,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+from .cellfiles import error_summary, read_metrics, read_result, tail_lines
 from .estimate import estimate_seconds
 from .spec import CellSpec, MatrixSpec, load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_json, atomic_write_text
@@ -184,17 +184,33 @@ def run_matrix(file: str | Path | MatrixSpec, out_dir: str | Path, dry_run: bool
     Returns:
         A :class:`MatrixRun`; ``interrupted`` is True when SIGINT stopped the matrix (the
         running cell is recorded as ``interrupted`` and reruns next time).
+
+    Raises:
+        ValueError: the matrix file is invalid (the message names file, key, allowed values).
+        RuntimeError: another ``run_matrix`` holds ``out_dir`` (one runner per folder).
     """
     matrix = file if isinstance(file, MatrixSpec) else load_matrix(file)
     out_dir = Path(out_dir)
+    gpus = gpu_count() if gpus is None else gpus
+    if dry_run:
+        return MatrixRun(out_dir=out_dir, plan=_plan(matrix, out_dir, gpus, echo), dry_run=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out_dir):  # plan under the lock, so it sees every record of a runner before us
+        run = MatrixRun(out_dir=out_dir, plan=_plan(matrix, out_dir, gpus, echo))
+        return _run_plan(matrix, out_dir, run, ResultStore(out_dir / STORE_NAME), launcher, cell_timeout_s, echo)
+
+
+def _plan(matrix: MatrixSpec, out_dir: Path, gpus: int, echo: Callable[[str], None]) -> list[PlannedCell]:
     store = ResultStore(out_dir / STORE_NAME)
-    plan = plan_matrix(matrix, store, gpu_count() if gpus is None else gpus)
-    run = MatrixRun(out_dir=out_dir, plan=plan, dry_run=dry_run)
+    plan = plan_matrix(matrix, store, gpus)
     if store.skipped_lines:
         echo(f"warning: {store.path}: skipped {store.skipped_lines} unreadable line(s) (a torn write?)")
-    if dry_run:
-        return run
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return plan
+
+
+def _run_plan(matrix: MatrixSpec, out_dir: Path, run: MatrixRun, store: ResultStore, launcher: Launcher,
+              cell_timeout_s: Optional[float], echo: Callable[[str], None]) -> MatrixRun:
+    plan = run.plan
     atomic_write_text(out_dir / "matrix.toml", matrix.text or f"# parsed from {matrix.source}\n")
     atomic_write_json(out_dir / "plan.json", {"matrix": matrix.name, "source": matrix.source,
                                               "cells": [p.to_dict() for p in plan]})
@@ -256,13 +272,13 @@ def _run_cell(cell: CellSpec, out_dir: Path, store: ResultStore, launcher: Launc
         echo(f"    failed: could not start {argv[0]!r}: {exc}")
         return "failed"
     wall = time.perf_counter() - start
-    result = _read_json(run_dir / "result.json") if exit_code == 0 else None
+    result = read_result(run_dir / "result.json") if exit_code == 0 else None
     if result is not None:
         store.append({**base, "status": "done", "wall_seconds": wall, "result": result,
-                      "metrics": _read_metrics(run_dir / "metrics.csv")})
+                      "metrics": read_metrics(run_dir / "metrics.csv")})
         echo(f"    done in {_hms(wall)}")
         return "done"
-    tail = _tail(run_dir / "stderr.log", STDERR_TAIL_LINES)
+    tail = tail_lines(run_dir / "stderr.log", STDERR_TAIL_LINES)
     cause = error_summary(run_dir / "stderr.log")
     if guard.requested and not timed_out:
         status, message = "interrupted", "stopped by SIGINT"
@@ -276,6 +292,28 @@ def _run_cell(cell: CellSpec, out_dir: Path, store: ResultStore, launcher: Launc
                   "error": {"exit_code": exit_code, "message": message, "summary": cause, "stderr_tail": tail}})
     echo(f"    {status}: {message}; {cause or '(no stderr)'}  [logs: {run_dir}]")
     return status
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """One runner per results folder: two would launch the same cells and interleave the store.
+
+    flock is released by the OS when the process dies, so a crash leaves no stale lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, documented
+        yield
+        return
+    with open(out_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RuntimeError(f"{out_dir} is in use by another `matrix run`; wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class _SigintGuard:
@@ -318,68 +356,6 @@ def _wait_or_kill(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         _stop_group(proc, signal.SIGKILL)
         return proc.wait()
-
-
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.csv rows with numbers as numbers ([] when the file is missing)."""
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError:
-        return []
-    out = []
-    for row in rows:
-        parsed: dict[str, Any] = {}
-        for k, v in row.items():
-            try:
-                parsed[k] = float(v) if v not in ("", None) else None
-            except ValueError:
-                parsed[k] = v
-        out.append(parsed)
-    return out
-
-
-# torchrun's own log lines ("E1203 17:32:01.086000 ...") and its failure banner are noise next to
-# the worker's error, which is what a reader needs.
-_LAUNCHER_NOISE = re.compile(r"^[EWI]\d{4} |ChildFailedError|^\s+\w+\s*: |^\s*File \"|^Traceback|^\[\d+\]:$"
-                             r"|^Failures:|^Root Cause|FAILED$|^<NO_OTHER_FAILURES>")
-_ERROR_LINE = re.compile(r"\w*(Error|Exception)\b|error:|Killed|[Oo]ut of memory")
-
-
-def error_summary(path: Path) -> str:
-    """:func:`summarize_stderr` of a log file ("" when it cannot be read)."""
-    try:
-        return summarize_stderr(path.read_text(errors="replace"))
-    except OSError:
-        return ""
-
-
-def summarize_stderr(text: str) -> str:
-    """The most telling line of a failed cell's stderr: the last error-looking line that is not
-    launcher noise (for torchrun cells, the worker's own error), else the last non-empty line."""
-    # Noise is matched on raw lines: the banner's "  host      : ..." rows are told apart by indent.
-    useful = [ln.strip() for ln in text.splitlines()
-              if ln.strip() and not _LAUNCHER_NOISE.search(ln) and not set(ln.strip()) <= set("=-*^~ ")]
-    errors = [ln for ln in useful if _ERROR_LINE.search(ln)]
-    return (errors or useful or [""])[-1][:300]
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_bytes()[-20000:].decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _hms(seconds: float) -> str:
