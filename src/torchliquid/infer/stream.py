@@ -18,7 +18,8 @@ The state is NOT part of the model's weights: a trained model starts every seque
 (B, T, U), which ``model.forward`` does not (it returns only the last one).
 
 Each step calls the layer's own parts in the order of its sequence driver (nn.sequence):
-mixed-memory LSTM, then ``rnn_cell(x, h, dt)``, then the readout ``fc``.
+mixed-memory LSTM, then the cell's ``_step(x, h, dt)``, then the readout ``fc``; arguments are
+validated once per call of ``step``, not again inside the cell.
 
 Shape legend: B batch, T time, I inputs, U units (state), O outputs.
 """
@@ -53,11 +54,18 @@ def _reference_parameter(model: nn.Module) -> torch.Tensor:
 
 
 def _layer_step(model: nn.Module, x_BI: torch.Tensor, h_BU: torch.Tensor, c_BU: Optional[torch.Tensor],
-                dt: Union[float, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """One step of the layer's recurrence, as nn.sequence.SequenceLayer._forward_sequence does it."""
+                dt_B1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One step of the layer's recurrence, as nn.sequence.SequenceLayer._forward_sequence does it.
+
+    Arguments are already canonical (x (B, I), h and c (B, U), dt (B, 1), the layer's dtype), so
+    the cell's ``_step`` (the driver's per-step contract) is called directly: going through the
+    cell's ``forward`` would re-validate every argument on every step of a stream.
+    """
     if c_BU is not None:
         h_BU, c_BU = model.lstm(x_BI, (h_BU, c_BU))
-    y_BM, h_BU = model.rnn_cell(x_BI, h_BU, dt)
+    cell = model.rnn_cell
+    step = getattr(cell, "_step", None)
+    y_BM, h_BU = step(x_BI, h_BU, dt_B1) if step is not None else cell(x_BI, h_BU, dt_B1)
     return model.fc(y_BM), h_BU, c_BU
 
 
@@ -106,7 +114,9 @@ class Stream:
     def reset(self, state: Optional[State] = None) -> None:
         """Start a new sequence: zeros (the training convention), or ``state`` (as ``state`` returns it)."""
         reference = _reference_parameter(self.model)
-        like_BTI = torch.empty(self.batch_size, 1, self.model.input_size, dtype=reference.dtype, device=reference.device)
+        self._dtype, self._device = reference.dtype, reference.device
+        self._ones_B1 = torch.ones(self.batch_size, 1, dtype=self._dtype, device=self._device)
+        like_BTI = torch.empty(self.batch_size, 1, self.model.input_size, dtype=self._dtype, device=self._device)
         h_BU, c_BU = canonical_state(state, self.model.state_size, bool(self.model.use_mixed), False, like_BTI)
         self._h, self._c = h_BU, c_BU
         self.steps = 0
@@ -114,14 +124,16 @@ class Stream:
     # -- stepping ------------------------------------------------------------------------------
 
     def _x(self, x_t: Any) -> Tuple[torch.Tensor, bool]:
-        reference = _reference_parameter(self.model)
+        inputs = self.model.input_size
+        if (isinstance(x_t, torch.Tensor) and x_t.dim() == 2 and x_t.shape[0] == self.batch_size
+                and x_t.shape[1] == inputs and x_t.dtype == self._dtype and x_t.device == self._device):
+            return x_t, False  # the common case, checked without building anything
         if isinstance(x_t, np.ndarray):
             if not np.issubdtype(x_t.dtype, np.number):
                 raise ValueError(f"x_t must hold numbers, got numpy dtype {x_t.dtype}")
             x_t = torch.from_numpy(x_t)
         if not isinstance(x_t, torch.Tensor):
             raise TypeError(f"x_t must be a torch.Tensor or numpy array, got {type(x_t).__name__}")
-        inputs = self.model.input_size
         single = x_t.dim() == 1 and self.batch_size == 1
         if not single and tuple(x_t.shape) != (self.batch_size, inputs):
             also = f" or ({inputs},)" if self.batch_size == 1 else ""
@@ -132,19 +144,19 @@ class Stream:
             )
         if single and x_t.shape[0] != inputs:
             raise ValueError(f"x_t must have input_size={inputs} features, got shape {tuple(x_t.shape)}")
-        x_BI = x_t.reshape(self.batch_size, inputs).to(dtype=reference.dtype, device=reference.device)
-        return x_BI, single
+        return x_t.reshape(self.batch_size, inputs).to(dtype=self._dtype, device=self._device), single
 
-    def _dt(self, dt: Any, like_BI: torch.Tensor) -> Union[float, torch.Tensor]:
+    def _dt(self, dt: Any) -> torch.Tensor:
+        """dt as (B, 1) in the layer's dtype (1 where None)."""
         if dt is None:
-            return 1.0
+            return self._ones_B1
         if isinstance(dt, bool) or not isinstance(dt, (numbers.Real, torch.Tensor, np.ndarray)):
             raise TypeError(f"dt must be None, a float or a tensor, got {type(dt).__name__}")
         if isinstance(dt, numbers.Real):
-            return float(dt)
-        dt = torch.as_tensor(dt).to(dtype=like_BI.dtype, device=like_BI.device)
+            return torch.full((self.batch_size, 1), float(dt), dtype=self._dtype, device=self._device)
+        dt = torch.as_tensor(dt).to(dtype=self._dtype, device=self._device)
         if dt.dim() == 0:
-            return dt
+            return dt.reshape(1, 1).expand(self.batch_size, 1)
         if tuple(dt.shape) in ((self.batch_size,), (self.batch_size, 1)):
             return dt.reshape(self.batch_size, 1)
         raise ValueError(
@@ -155,10 +167,9 @@ class Stream:
     def step(self, x_t: Any, dt: Any = None) -> torch.Tensor:
         """Consume one time step; returns the output y_t (B, O), or (O,) for a (I,) input."""
         x_BI, single = self._x(x_t)
-        dt_value = self._dt(dt, x_BI)
-        context = contextlib.nullcontext() if self.grad else torch.no_grad()
-        with context:
-            y_BO, self._h, self._c = _layer_step(self.model, x_BI, self._h, self._c, dt_value)
+        dt_B1 = self._dt(dt)
+        with contextlib.nullcontext() if self.grad else torch.no_grad():
+            y_BO, self._h, self._c = _layer_step(self.model, x_BI, self._h, self._c, dt_B1)
         self.steps += 1
         return y_BO[0] if single else y_BO
 
@@ -172,7 +183,7 @@ class Stream:
             raise ValueError(f"chunk must be a (B, T, I) or (T, I) tensor, got {getattr(x, 'shape', type(x).__name__)}")
         unbatched = x.dim() == 2
         x_BTI = x.unsqueeze(0) if unbatched else x
-        dt_BT1 = canonical_timespans(timespans, True, unbatched, x_BTI.to(_reference_parameter(self.model).dtype))
+        dt_BT1 = canonical_timespans(timespans, True, unbatched, x_BTI.to(self._dtype))
         outputs = [self.step(x_BTI[:, t], dt_BT1[:, t]) for t in range(x_BTI.shape[1])]
         y_BTO = torch.stack(outputs, dim=1)
         return y_BTO[0] if unbatched else y_BTO
