@@ -194,3 +194,13 @@ def test_compare_matrices_side_by_side(tmp_path: Path) -> None:
     ltc = next(r for r in t.rows if r[1] == "LTC")
     assert ltc[7] == "-" and ltc[8] == "n/a"  # only in A
     assert "fakehost" in t.note and str(a) in t.note
+
+
+def test_running_cell_is_live_while_a_runner_holds_the_folder_else_a_problem(tmp_path: Path) -> None:
+    fcntl = pytest.importorskip("fcntl", reason="the folder lock uses POSIX flock")
+    out = tmp_path / "m"
+    ResultStore(out / "results.jsonl").append({"cell_id": "har-cfc-cpu-b64-s0-00000000", "status": "running"})
+    assert "0 done, 1 failed or interrupted" in write_report(out).read_text()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert "1 running now, 0 failed or interrupted" in write_report(out).read_text()

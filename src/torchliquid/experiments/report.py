@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from . import plots
 from .cellfiles import summarize_stderr
+from .runner import is_running
 from .spec import load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_text, utc_now
 from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, device_sort_key, flatten, fmt, pivot, reference_table,
@@ -57,10 +57,14 @@ def load_matrix_results(results_dir: Union[str, Path]) -> dict[str, Any]:
     plan_path = results_dir / "plan.json"
     plan = json.loads(plan_path.read_text()).get("cells", []) if plan_path.exists() else []
     kept = {cid: r for cid, r in latest.items() if wanted is None or cid in wanted}
+    # A "running" record is live while a runner holds the folder, else that runner died mid-cell.
+    live = is_running(results_dir)
     return {"name": name, "dir": results_dir, "records": kept, "stale": len(latest) - len(kept),
             "skipped_lines": store.skipped_lines,
             "done": [r for r in kept.values() if r["status"] == "done"],
-            "problems": [r for r in kept.values() if r["status"] != "done"],
+            "running": [r for r in kept.values() if r["status"] == "running" and live],
+            "problems": [r for r in kept.values() if r["status"] not in ("done",) and
+                         not (r["status"] == "running" and live)],
             "skipped": [p for p in plan if p.get("action") == "skip"],
             "not_run": [p for p in plan if p.get("action") in ("run", "rerun") and p["cell_id"] not in kept]}
 
@@ -132,11 +136,14 @@ def _machine(done: Sequence[dict[str, Any]]) -> str:
 
 def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[dict[str, str]],
             out: Path) -> list[Block]:
+    from . import plots  # matplotlib costs ~0.6 s to import: only when a report is drawn
     n = len(data["records"]) + len(data["skipped"]) + len(data["not_run"])
     blocks: list[Block] = [
         ("h", 1, f"Matrix report: {data['name']}"),
         ("p", f"Generated {utc_now()} from `{data['dir'] / STORE_NAME}`. Machine: {_machine(data['done'])}."),
-        ("p", f"{n} cells: {len(data['done'])} done, {len(data['problems'])} failed or interrupted, "
+        ("p", f"{n} cells: {len(data['done'])} done, "
+              + (f"{len(data['running'])} running now, " if data["running"] else "")
+              + f"{len(data['problems'])} failed or interrupted, "
               f"{len(data['not_run'])} not run yet, {len(data['skipped'])} skipped on this machine."
               + (f" {data['stale']} stored result(s) of cells no longer in matrix.toml are left out." if data["stale"] else "")
               + (f" {data['skipped_lines']} unreadable store line(s) skipped." if data["skipped_lines"] else "")),
@@ -194,6 +201,7 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
 
 
 def _sine_blocks(data: dict[str, Any], out: Path) -> list[Block]:
+    from . import plots
     sine = [r for r in data["done"] if (r.get("cell") or {}).get("dataset") == "sine"]
     if not sine:
         return []

@@ -316,6 +316,24 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def is_running(out_dir: str | Path) -> bool:
+    """True while a ``run_matrix`` holds ``out_dir`` (so a ``running`` record is live, not stale)."""
+    lock = Path(out_dir) / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
 class _SigintGuard:
     """Turns SIGINT into a flag and stops the running cell: SIGTERM to its process group on the
     first Ctrl-C, SIGKILL on the second. Installs itself only in the main thread (signal
