@@ -126,7 +126,7 @@ void syn_forward_SFX(int64_t N, int64_t S, int64_t U, const REAL* x, const int64
                      const int64_t* pre, const REAL* w, const REAL* mu, const REAL* sg,
                      const REAL* ev, REAL* num, REAL* den) {
     int64_t tiles = (N + LANES - 1) / LANES;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(tiles))
     {
         REAL* xt = (REAL*)malloc(sizeof(REAL) * LANES * (S + 2 * U));
         REAL* nt = xt + LANES * S;
@@ -154,7 +154,7 @@ void syn_backward_SFX(int64_t N, int64_t S, int64_t U, int64_t P, const REAL* x,
                       const REAL* sg, const REAL* ev, const REAL* gnum, const REAL* gden,
                       REAL* gx, double* grads) {
     int64_t tiles = (N + SLANES - 1) / SLANES;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(tiles))
     {
         REAL* xt = (REAL*)malloc(sizeof(REAL) * SLANES * (2 * S + 2 * U));
         REAL* gxt = xt + SLANES * S;
@@ -228,7 +228,7 @@ void ltc_forward_SFX(int64_t B, int64_t T, int64_t U, int64_t K, REAL eps, const
                      const REAL* vl, const int64_t* ptr, const int64_t* pre, const REAL* w,
                      const REAL* mu, const REAL* sg, const REAL* ev, REAL* v_out) {
     int64_t tiles = (B + LANES - 1) / LANES;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(tiles))
     {
         REAL* buf = (REAL*)malloc(sizeof(REAL) * LANES * U * 8 + sizeof(REAL) * U);
         REAL *v = buf, *vo = v + LANES * U, *dv = vo + LANES * U, *nt = dv + LANES * U;
@@ -268,7 +268,7 @@ void ltc_backward_SFX(int64_t B, int64_t T, int64_t U, int64_t K, int64_t P, REA
                       REAL* g_cmt, double* grads) {
     int64_t tiles = (B + LANES - 1) / LANES;
     int64_t TU = LANES * U;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(tiles))
     {
         REAL* buf = (REAL*)malloc(sizeof(REAL) * (TU * (2 * K + 16) + U));
         REAL *vs = buf;                 /* (K+1) states of the unfold chain */
@@ -351,6 +351,14 @@ HEADER = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <omp.h>
+
+/* Threads for `tiles` independent tiles: never more threads than tiles, so a one-tile call (an
+   inference step) runs inline without waking, and waiting for, the rest of the team. */
+static inline int team_size(int64_t tiles) {
+    int n = omp_get_max_threads();
+    return tiles < n ? (int)(tiles > 0 ? tiles : 1) : n;
+}
+
 #define LANES 16   /* batch lanes of the recurrence tile */
 #define SLANES 64  /* row lanes of the sensory backward tile: one lane-sum per 64 rows */
 
