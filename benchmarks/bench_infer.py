@@ -28,6 +28,7 @@ passes (batch 512, T = 32). Everything runs under ``torch.inference_mode`` on CP
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
 import os
@@ -261,11 +262,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for module in ("onnxruntime", "onnx", "ncps"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # missing or broken: record, do not fail the report
-            versions[module] = "unavailable"
+    for distribution in ("onnxruntime", "onnx", "ncps"):
+        try:  # the installed distribution's version (ncps's own __version__ attribute is stale)
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[distribution] = "not installed"
     return {"cpu": model, "logical_cores": os.cpu_count(), "platform": platform.platform(),
             "load_average_1m_at_start": os.getloadavg()[0], "versions": versions}
 
