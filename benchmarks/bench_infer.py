@@ -16,8 +16,10 @@ works — traced whole sequences freeze T, field case A06, so they are not measu
 
 Latency: median and p99 of >= 1,000 timed calls after a warm-up, batch 1, state carried from
 call to call. Throughput: sequences per second of the median of several whole-batch forward
-passes (batch 512, T = 32). Everything runs under ``torch.inference_mode`` on CPU with
-``--threads`` intra-op threads for torch and onnxruntime alike. No assertion: this is a report.
+passes (batch 512, T = 32). The runtimes of a model are interleaved in rounds (harness.py habit)
+so that a noisy neighbour slows them alike. Everything runs under ``torch.inference_mode`` on
+CPU with ``--threads`` intra-op threads for torch and onnxruntime alike. No assertion: this is
+a report.
 
     .venv/bin/python benchmarks/bench_infer.py                  # full
     .venv/bin/python benchmarks/bench_infer.py --quick          # 1,000 steps, fewer passes
@@ -32,8 +34,8 @@ import importlib.metadata
 import io
 import json
 import os
-import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -46,6 +48,10 @@ from torch import nn
 
 from torchliquid.infer import Stream, export_onnx, script
 from torchliquid.nn import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402  (the shared benchmark harness: provenance, tables)
 
 Runner = Union[Callable[[], Any], str]  # a call to time, or why this combination is not measured
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
@@ -226,49 +232,47 @@ def sequence_runners(name: str, model: nn.Module, x: torch.Tensor, args: argpars
 # --------------------------------------------------------------------------------------- timing
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int) -> list[float]:
-    """Seconds per call of ``fn`` over ``n`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+def measure(runners: dict[str, Runner], calls: int, warmup: int, rounds: int) -> dict[str, dict[str, Any]]:
+    """Per runtime: median, p99 and mean seconds per call over ``calls`` timed calls.
 
-
-def measure(runners: dict[str, Runner], n: int, warmup: int) -> dict[str, dict[str, Any]]:
-    results = {}
+    The runtimes are interleaved in ``rounds`` (each round times calls / rounds calls of every
+    runtime in turn), so a noisy neighbour on shared cores slows all of them alike.
+    """
+    live = {r: fn for r, fn in runners.items() if not isinstance(fn, str)}
+    samples: dict[str, list[float]] = {r: [] for r in live}
+    per_round = max(1, calls // rounds)
+    with torch.inference_mode():
+        for fn in live.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(rounds):
+            for runtime, fn in live.items():
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    fn()
+                    samples[runtime].append(time.perf_counter() - start)
+    results: dict[str, dict[str, Any]] = {}
     for runtime in RUNTIMES:
         runner = runners.get(runtime, "not applicable")
         if isinstance(runner, str):
             results[runtime] = {"skipped": runner}
             continue
-        with torch.inference_mode():
-            seconds = timed(runner, n, warmup)
+        seconds = samples[runtime]
         results[runtime] = {"median_s": statistics.median(seconds), "p99_s": float(np.percentile(seconds, 99)),
-                            "mean_s": statistics.fmean(seconds), "calls": n}
+                            "mean_s": statistics.fmean(seconds), "calls": len(seconds)}
     return results
 
 
 def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
-    for distribution in ("onnxruntime", "onnx", "ncps"):
-        try:  # the installed distribution's version (ncps's own __version__ attribute is stale)
-            versions[distribution] = importlib.metadata.version(distribution)
+    """The harness's provenance record plus the inference libraries' versions."""
+    info = harness.machine_info(torch.device("cpu"))
+    for distribution in ("onnxruntime", "onnx"):
+        try:
+            info[distribution] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
-            versions[distribution] = "not installed"
-    return {"cpu": model, "logical_cores": os.cpu_count(), "platform": platform.platform(),
-            "load_average_1m_at_start": os.getloadavg()[0], "versions": versions}
+            info[distribution] = None
+    info["numpy"] = np.__version__
+    return info
 
 
 # -------------------------------------------------------------------------------------- report
@@ -310,14 +314,12 @@ def ratios(latency: dict[str, dict], throughput: dict[str, dict]) -> dict[str, f
 def print_report(result: dict[str, Any]) -> None:
     cfg = result["config"]
     print(f"\nsingle-step latency, batch 1: median / p99 over {cfg['calls']:,} calls")
-    print(f"{'model':<10}" + "".join(f"{r:>24}" for r in RUNTIMES))
-    for model, row in result["latency"].items():
-        print(f"{model:<10}" + "".join(f"{_cell(row[r], 1e6, 'us'):>24}" for r in RUNTIMES))
+    rows = [[model] + [_cell(row[r], 1e6, "us") for r in RUNTIMES] for model, row in result["latency"].items()]
+    print(harness.format_table(rows, ["model", *RUNTIMES]))
     print(f"\nsequence throughput, batch {cfg['batch']} x T {cfg['length']}: sequences/s (median pass)")
-    print(f"{'model':<10}" + "".join(f"{r:>24}" for r in RUNTIMES))
-    for model, row in result["throughput"].items():
-        cells = ["n/a" if "skipped" in row[r] else f"{cfg['batch'] / row[r]['median_s']:,.0f}" for r in RUNTIMES]
-        print(f"{model:<10}" + "".join(f"{c:>24}" for c in cells))
+    rows = [[model] + ["n/a" if "skipped" in row[r] else f"{cfg['batch'] / row[r]['median_s']:,.0f}" for r in RUNTIMES]
+            for model, row in result["throughput"].items()]
+    print(harness.format_table(rows, ["model", *RUNTIMES]))
     print("\nspeed-ups (median time ratio, > 1 = faster):")
     for key, value in result["ratios"].items():
         print(f"  {key:<58} x{value:.2f}")
@@ -357,10 +359,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             torch.manual_seed(0)
             model = SUBJECTS[name](inputs, units).eval()
             print(f"{name}: single step ...", flush=True)
-            latency[name] = measure(step_runners(name, model, inputs, units, args, Path(tmp)), calls, warmup)
+            runners = step_runners(name, model, inputs, units, args, Path(tmp))
+            latency[name] = measure(runners, calls, warmup, rounds=10 if calls >= 10 else 1)
             print(f"{name}: sequences ...", flush=True)
-            throughput[name] = measure(sequence_runners(name, model, x, args, Path(tmp)), passes, 1)
-    info["load_average_1m_at_end"] = os.getloadavg()[0]
+            throughput[name] = measure(sequence_runners(name, model, x, args, Path(tmp)), passes, 2, rounds=passes)
+    info["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     result = {"machine": info,
               "config": {"mode": "smoke" if args.smoke else "quick" if args.quick else "full", "calls": calls,
                          "warmup": warmup, "sequence_passes": passes, "inputs": inputs, "units": units,
