@@ -296,3 +296,30 @@ def test_export_program_serves_every_length(name: str) -> None:
             got = program(*args)
         _close(tuple(got), _eager(model, x, h, c, dt), TS_TOL, f"{name} program T={length}")
 
+
+
+def test_scan_form_compiles_once_for_every_length() -> None:
+    """A07: torch.compile of the scan form captures ONE graph that serves every T.
+
+    A counting backend (public torch.compile API) records each compilation; the eager layer's
+    Python loop would be recompiled per new T. Inductor cannot lower scan on CPU in torch 2.x
+    yet (it falls back to running scan eagerly), so this guards capture, not kernel speed.
+    """
+    from torchliquid.infer.modules import ScanSequence
+    from torchliquid.infer.portable import portable_core
+
+    compiled_graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiled_graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()  # a clean cache, so the count is this test's alone
+    model = _build("cfc-default")
+    compiled = torch.compile(ScanSequence(portable_core(model)).eval(), backend=counting_backend, dynamic=True)
+    for length in (5, 9, 5, 23):
+        x, h, c, dt = _inputs(model, 2, length)
+        with torch.no_grad():
+            got = compiled(x, h, dt)
+        _close(tuple(got), _eager(model, x, h, c, dt), TS_TOL, f"compiled T={length}")
+    assert len(compiled_graphs) == 1
