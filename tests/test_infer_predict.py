@@ -297,3 +297,35 @@ def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) ->
         stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,6\n0,1,x,3,4,5,6\n"), io.StringIO())
     with pytest.raises(ValueError, match=r"line 1: expected 7 comma-separated values .*got 3"):
         stream_lines(str(run_dir), io.StringIO("1,2,3\n"), io.StringIO())
+
+
+@pytest.mark.parametrize("dataset", ["har", "sine"])
+def test_raw_formats_of_other_datasets(tmp_path: Path, dataset: str) -> None:
+    """HAR X_*.txt (whitespace, no header, 561 values per line) and the sine CSV (column t)."""
+    torch.manual_seed(0)
+    if dataset == "har":
+        inputs, seq_len, task, names = 561, 16, "classification", [f"feature_{i}" for i in range(1, 562)]
+        rows = np.random.default_rng(0).uniform(-1, 1, size=(20, inputs))
+        (tmp_path / "X_test.txt").write_text("\n".join(" ".join(f"{v:16.7e}" for v in row) for row in rows) + "\n")
+        source = tmp_path / "X_test.txt"
+        features = np.loadtxt(source)  # the values as written (7 significant digits)
+        stats = {"inputs": {"names": names, "mean": [0.0] * inputs, "std": [1.0] * inputs}, "target": None,
+                 "classes": ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]}
+        model = CfC(inputs, 8, proj_size=6)
+    else:
+        inputs, seq_len, task = 2, 48, "regression"
+        t = np.linspace(0, 3 * np.pi, 50)
+        pd.DataFrame({"t": t}).to_csv(tmp_path / "t.csv", index=False)
+        source, features = tmp_path / "t.csv", np.stack([np.sin(t), np.cos(t)], axis=-1)
+        stats = {"inputs": {"names": ["sin_t", "cos_t"], "mean": [0.0, 0.0], "std": [1.0, 1.0]},
+                 "target": {"names": ["sin_2t"], "mean": [0.0], "std": [1.0]}}
+        model = CfC(inputs, 8, proj_size=1)
+    predictor = Predictor(model, task=task, normalization=stats, seq_len=seq_len, dataset=dataset)
+    table = pd.read_csv(predict_file(predictor, source, tmp_path / "p.csv"))
+    starts = [0, len(features) - seq_len]  # one window, then one ending at the last row
+    expected = predictor.predict(np.stack([features[s:s + seq_len] for s in starts]).astype(np.float32))
+    assert table.loc[table["step"] == 0, "row"].tolist() == starts
+    column = "class_id" if task == "classification" else "sin_2t"
+    got = table[column].to_numpy().reshape(len(starts), seq_len)
+    want = expected.classes if task == "classification" else expected.values[..., 0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
