@@ -210,3 +210,12 @@ def test_hidden_states_follow_the_model_layout(layout: str) -> None:
     _close(result.final, h_full, layout)
     expected = {"time-major": (T, B, 8), "unbatched": (T, 8), "last-step": (B, T, 8)}[layout]
     assert tuple(result.states.shape) == expected
+
+
+def test_docstring_example_runs() -> None:
+    import doctest
+
+    import torchliquid.infer.stream as module
+
+    result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
