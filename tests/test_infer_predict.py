@@ -329,3 +329,15 @@ def test_raw_formats_of_other_datasets(tmp_path: Path, dataset: str) -> None:
     got = table[column].to_numpy().reshape(len(starts), seq_len)
     want = expected.classes if task == "classification" else expected.values[..., 0]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_registering_the_commands_stays_light() -> None:
+    """The CLI imports infer.commands at start-up: it must not pull in pandas, onnx or the data."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torchliquid.infer.commands as c; "
+            "print(sorted(m for m in ('pandas', 'onnx', 'onnxruntime', 'torchliquid.data', 'torchliquid.nn') "
+            "if m in sys.modules)); print([n for n, *_ in c.COMMANDS])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == "['predict', 'export', 'stream']"

@@ -10,29 +10,45 @@
 
     infer.export_onnx(model, "model.onnx")              # any batch, any T (ONNX Scan), verified
     infer.export_torchscript(model, "model.pt")         # torch.jit.script that works (A05)
+
+Names are imported on first use (PEP 562), so ``torchliquid.infer.commands`` — which the CLI
+imports to register its subcommands — does not pull in pandas, onnx or the data modules.
 """
 
-from .export import (ExportError, export_onnx, export_program, export_torchscript, script,
-                     verify_onnx)
-from .files import predict_file, write_prediction
-from .portable import portable_core
-from .predict import Prediction, Predictor, load
-from .stream import SequenceStates, Stream, hidden_states
+from __future__ import annotations
 
-__all__ = [
-    "ExportError",
-    "Prediction",
-    "Predictor",
-    "SequenceStates",
-    "Stream",
-    "export_onnx",
-    "export_program",
-    "export_torchscript",
-    "hidden_states",
-    "load",
-    "portable_core",
-    "predict_file",
-    "script",
-    "verify_onnx",
-    "write_prediction",
-]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS = {
+    "ExportError": "export",
+    "export_onnx": "export",
+    "export_program": "export",
+    "export_torchscript": "export",
+    "script": "export",
+    "verify_onnx": "export",
+    "predict_file": "files",
+    "write_prediction": "files",
+    "portable_core": "portable",
+    "Prediction": "predict",
+    "Predictor": "predict",
+    "load": "predict",
+    "SequenceStates": "stream",
+    "Stream": "stream",
+    "hidden_states": "stream",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
