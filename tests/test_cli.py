@@ -81,7 +81,18 @@ def test_evaluate_reports_a_mismatch(capsys, tmp_path):
     result["post_training"]["mae"] += 1e-12
     (tmp_path / "result.json").write_text(json.dumps(result))
     code, out, _ = run_cli(capsys, "evaluate", "--run", str(tmp_path), "--quiet")
-    assert code == 1 and "DIFFERS" in out
+    assert code == 1 and "DIFFERS" in out and "max relative difference" in out
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(capsys, tmp_path):
+    run_cli(capsys, *sine(tmp_path))
+    before = (tmp_path / "result.json").read_text()
+    code, _, err = run_cli(capsys, *sine(tmp_path, "--seed", "1"))
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert (tmp_path / "result.json").read_text() == before
+    code, _, err = run_cli(capsys, *sine(tmp_path, "--seed", "1", "--overwrite"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "result.json").read_text())["seed"] == 1
 
 
 def test_evaluate_names_a_corrupt_checkpoint(capsys, tmp_path):

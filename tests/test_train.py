@@ -152,6 +152,25 @@ def test_quiet_prints_nothing_and_verbose_prints_progress(tmp_path, capsys):
     assert "epoch 1/2" in out and "epoch 2/2" in out and "seq/s" in out and "ETA" in out
 
 
+def test_timing_bookkeeping_with_an_injected_clock(tmp_path):
+    ticks = itertools.count()
+    lines: list[str] = []
+    console = SimpleNamespace(print=lines.append)
+    data = make_data("regression")
+    trainer = Trainer(StandIn(1), data, "regression",
+                      TrainConfig(epochs=3, batch_size=16, device="cpu"), out_dir=tmp_path,
+                      console=console, clock=lambda: float(next(ticks)))
+    result = trainer.fit()
+    # Every clock reading is one tick later, so each timed span is a whole number of ticks.
+    assert [row["epoch_seconds"] for row in trainer.history] == [1.0, 1.0, 1.0]
+    assert [row["sequences_per_second"] for row in trainer.history] == [len(data.train.x)] * 3
+    assert result["train_seconds"] == 3.0
+    assert result["sequences_per_second"] == len(data.train.x)
+    epoch_lines = [line for line in lines if line.startswith("epoch")]
+    assert len(epoch_lines) == 3 and epoch_lines[-1].endswith("ETA 0:00:00")
+    assert not epoch_lines[0].endswith("ETA 0:00:00")
+
+
 def test_same_seed_gives_identical_runs(tmp_path):
     a, ra = train(tmp_path / "a", epochs=2)
     b, rb = train(tmp_path / "b", epochs=2)

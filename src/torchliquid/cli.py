@@ -73,6 +73,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=1, help="print every N epochs")
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its checkpoint.pt (same arguments; --epochs may grow)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
@@ -94,7 +95,8 @@ def _train(args: argparse.Namespace) -> int:
                           checkpoint_every=args.checkpoint_every, quiet=args.quiet,
                           log_every=args.log_every),
         out_dir=out)
-    train_run(run, resume=args.resume, command=["torchliquid", *args.argv])
+    train_run(run, resume=args.resume, overwrite=args.overwrite,
+              command=["torchliquid", *args.argv])
     return 0
 
 
@@ -116,8 +118,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     lines = [f"{'test ' + k:<14} {v:.10g}   recorded {report['recorded'].get(k, float('nan')):.10g}"
              for k, v in report["metrics"].items()]
     verdict = ("reproduces result.json exactly" if report["equal"] else
-               f"DIFFERS from result.json (evaluated on {report['device']}; exact equality needs "
-               "the device type the run trained on)")
+               f"DIFFERS from result.json (max relative difference "
+               f"{report['max_relative_difference']:.3g}; evaluated on {report['device']} with "
+               f"{report['threads']} threads, trained on {report['trained_device']} with "
+               f"{report['trained_threads']}: exact equality needs the same device type and "
+               "thread count)")
     if not args.quiet or not report["equal"]:
         print("\n".join([f"{args.run}:", *lines, verdict]), flush=True)
     return 0 if report["equal"] else 1

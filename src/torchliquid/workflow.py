@@ -21,7 +21,7 @@ from torchliquid import runtime
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
 from torchliquid.data import load_dataset
 from torchliquid.nn import build_model, constrain_after_step
-from torchliquid.train import (Trainer, TrainData, count_parameters, evaluate_checkpoint,
+from torchliquid.train import (CHECKPOINT, Trainer, TrainData, count_parameters, evaluate_checkpoint,
                                load_run, recorded_result, write_json)
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.
@@ -59,20 +59,26 @@ def dataset_info(data: DataConfig, splits: Any) -> dict[str, Any]:
             "sizes": {k: len(getattr(splits, k).x) for k in ("train", "val", "test")}}
 
 
-def train_run(run: RunConfig, *, resume: bool = False, splits: Any = None,
-              command: Sequence[str] | None = None) -> dict[str, Any]:
+def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
+              splits: Any = None, command: Sequence[str] | None = None) -> dict[str, Any]:
     """Load the data, build the model as the study did, train it into ``run.out_dir``.
 
     Args:
         run: the resolved configuration.
         resume: continue from ``run.out_dir/checkpoint.pt`` (only ``epochs`` and the logging,
             device and checkpoint settings may differ from the recorded run).
+        overwrite: replace a run already in ``run.out_dir``; without it (or ``resume``) an
+            existing run is an error, so a finished run is never lost by accident.
         splits: already loaded splits for ``run.data`` (the demo loads each dataset once).
         command: the command line, recorded in config.json.
 
     Returns the dict written to ``result.json``.
     """
     cfg, quiet = run.train, run.train.quiet
+    existing = Path(run.out_dir) / CHECKPOINT
+    if existing.exists() and not (resume or overwrite):
+        raise ValueError(f"{run.out_dir} already holds a run ({existing}); pass --resume to "
+                         "continue it, --overwrite to replace it, or choose another --out")
     threads = runtime.set_threads(cfg.threads)
     device = runtime.pick_device(cfg.device)
     runtime.init_distributed(device)
@@ -123,10 +129,13 @@ def evaluate_run(run_dir: str | Path, device: str | None = None,
     """Rebuild the model and the data of ``run_dir``, evaluate the checkpoint on the test split.
 
     Returns ``{"metrics": ..., "recorded": result.json's post_training, "equal": bool,
-    "device": ...}``; ``equal`` is exact equality, expected on the device type the run used.
+    "max_relative_difference", "device", "threads", "trained_device", "trained_threads"}``.
+    ``equal`` is exact equality, which holds on the device type and thread count the run used
+    (a different thread count may change the order of float sums in matrix products).
     """
     _, info = load_run(run_dir)
-    recorded = recorded_result(run_dir)["post_training"]
+    result = recorded_result(run_dir)
+    recorded = result["post_training"]
     run = RunConfig.from_dict(info["run"])
     runtime.set_threads(run.train.threads)
     splits = load_splits(run.data, quiet)
@@ -135,9 +144,13 @@ def evaluate_run(run_dir: str | Path, device: str | None = None,
                          f"statistics than {run_dir} recorded: the data files changed; point "
                          "--data-dir at the files the run was trained on")
     metrics = evaluate_checkpoint(run_dir, build_from_spec, splits.test, device=device)
+    trained_on = result.get("environment", {})
     return {"metrics": metrics, "recorded": recorded, "equal": metrics == recorded,
-            "device": device or torch.device(info.get("device", "cpu")).type,
-            "task": info["task"]}
+            "max_relative_difference": max(abs(v - recorded.get(k, float("nan")))
+                                           / max(abs(v), 1e-300) for k, v in metrics.items()),
+            "device": str(runtime.pick_device(device or torch.device(info.get("device", "cpu")).type)),
+            "threads": torch.get_num_threads(), "trained_device": trained_on.get("device"),
+            "trained_threads": trained_on.get("threads"), "task": info["task"]}
 
 
 def demo(root: str = "runs/demo", epochs: int | None = None, quiet: bool = False,
@@ -156,7 +169,8 @@ def demo(root: str = "runs/demo", epochs: int | None = None, quiet: bool = False
             loaded[key] = load_splits(run.data, quiet)
         say(f"\n== {run.model.name} on {run.data.name}: {run.train.epochs} epochs, batch "
             f"{run.train.batch_size}, lr {run.train.lr:g} -> {run.out_dir}", quiet)
-        result = train_run(run, splits=loaded[key], command=["torchliquid", "demo"])
+        result = train_run(run, overwrite=True, splits=loaded[key],
+                           command=["torchliquid", "demo"])
         rows.append(summary_row(result))
     if runtime.is_main_process():
         write_json(Path(root) / "summary.json", rows)
