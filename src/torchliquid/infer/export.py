@@ -240,7 +240,11 @@ def _with_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
 
 
 def _session(data: bytes) -> Any:
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError("verifying an ONNX export needs onnxruntime: pip install 'torchliquid[export]' "
+                          "(or onnxruntime), or pass verify=False") from error
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: unused-initializer notices are not ours to fix
