@@ -257,6 +257,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def test_plain_argparse_helpers(run_dir: Path, tmp_path: Path) -> None:
+    from torchliquid.infer.commands import add_export_parser, add_predict_parser, add_stream_parser
+
+    parser = argparse.ArgumentParser(prog="torchliquid")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (add_predict_parser, add_export_parser, add_stream_parser):
+        add(sub)
+    args = parser.parse_args(["predict", "--run", str(run_dir), "--input", str(TRAFFIC_CSV),
+                              "--output", str(tmp_path / "p.npy")])
+    assert args.func(args) == 0 and np.load(tmp_path / "p.npy").shape == (5, SEQ_LEN, 1)
+
+
 def test_predict_command(run_dir: Path, tmp_path: Path, capsys) -> None:
     args = _parse(["predict", "--run", str(run_dir), "--input", str(TRAFFIC_CSV), "--output", str(tmp_path / "p.csv")])
     assert args.run_command(args) == 0

@@ -1,7 +1,9 @@
 """CLI subcommands of torchliquid.infer: ``predict``, ``export`` and ``stream``.
 
 Each entry of :data:`COMMANDS` is ``(name, help, add_arguments, run)`` in the shape of the CLI's
-``@command`` registry; ``run(args)`` returns the exit code. This module imports only argparse at
+``@command`` registry; ``run(args)`` returns the exit code. For a plain argparse CLI,
+``add_predict_parser(subparsers)`` (and the export/stream twins) add one subcommand each with
+``func=run`` set as its default. This module imports only argparse at
 import time (the heavy imports happen inside ``run``), so registering it keeps ``--help`` fast.
 
     torchliquid predict --run DIR --input FILE [--output FILE] [--stride N] [--any-length]
@@ -15,7 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 DEFAULT_EXPORT_NAMES = {"onnx": "model.{form}.onnx", "torchscript": "model.{form}.torchscript.pt"}
 
@@ -171,3 +173,26 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Calla
     ("stream", "online prediction: one step per input line, hidden state carried", add_stream_arguments,
      run_stream),
 )
+
+
+def _add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
+    _, help_text, add_arguments, run = next(entry for entry in COMMANDS if entry[0] == name)
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``predict`` to an argparse subparsers object; ``args.func(args)`` runs it."""
+    return _add_parser(subparsers, "predict")
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``export`` to an argparse subparsers object; ``args.func(args)`` runs it."""
+    return _add_parser(subparsers, "export")
+
+
+def add_stream_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``stream`` to an argparse subparsers object; ``args.func(args)`` runs it."""
+    return _add_parser(subparsers, "stream")
