@@ -351,6 +351,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1")
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # tracing ncps/LSTM steps at T = 1
     info = machine()
     x = torch.randn(batch, length, inputs)
     latency, throughput = {}, {}
