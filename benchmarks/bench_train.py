@@ -96,6 +96,23 @@ def _infer_ms(contender: Contender, w: Workload, device, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+# Step time (s) per (workload, contender, batch) measured so far: predicts the next batch's cost.
+_step_s: dict[tuple[str, str], tuple[int, float]] = {}
+
+
+def _predicted_peak_bytes(c: Contender, x, y, batch: int) -> float:
+    """Peak RSS growth of one step at `batch`, from one step at batch 8 scaled linearly.
+
+    RSS, not saved bytes: backward temporaries add ~3x the saved activations for ncps LTC
+    (16 GiB RSS for 4.7 GiB saved at Traffic-like B=512)."""
+    probe = min(batch, 8)
+    saved = c.saved_bytes(x[:probe])
+    with harness.PeakRSS() as rss:
+        c.step(x[:probe], y[:probe])
+    c.timing = harness.Timing()
+    return max(rss.growth, 4 * saved) * batch / probe
+
+
 def run_batch(w: Workload, batch: int, cases: list[str], args, device, log) -> list[harness.Record]:
     x, y = _data(w, batch, device)
     records, contenders = [], []
@@ -103,11 +120,14 @@ def run_batch(w: Workload, batch: int, cases: list[str], args, device, log) -> l
     for name in cases:
         record = harness.Record(w.name, batch, name, CREATORS[name][0])
         try:
+            previous = _step_s.get((w.name, name))
+            if previous and previous[1] * batch / previous[0] > args.max_step_s:
+                raise TimeoutError(f"predicted {previous[1] * batch / previous[0]:.1f} s/step (from B="
+                                   f"{previous[0]}) > --max-step-s {args.max_step_s}")  # fmt: skip
             c = Contender(name, w, device)
-            probe = min(batch, 8)
-            predicted = c.saved_bytes(x[:probe]) * batch / probe
+            predicted = _predicted_peak_bytes(c, x, y, batch)
             if predicted > args.mem_fraction * free:
-                raise MemoryError(f"predicted {predicted / 2**30:.1f} GiB saved activations "
+                raise MemoryError(f"predicted {predicted / 2**30:.1f} GiB peak RSS growth "
                                   f"> {args.mem_fraction:.0%} of {free / 2**30:.1f} GiB free")  # fmt: skip
             t0 = time.perf_counter()
             for _ in range(args.warmup):
@@ -131,6 +151,7 @@ def run_batch(w: Workload, batch: int, cases: list[str], args, device, log) -> l
     for c, record in contenders:
         total = c.timing.total
         record.seq_per_s = harness.summarize(total, batch)
+        _step_s[(w.name, c.name)] = (batch, statistics.median(total))
         record.forward_ms = 1e3 * statistics.median(c.timing.forward)
         record.backward_ms = 1e3 * statistics.median(c.timing.backward)
         with harness.PeakRSS() as rss:
@@ -196,20 +217,21 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="timed steps per contender")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=None, help="timing budget per contender and batch")
-    p.add_argument("--mem-fraction", type=float, default=0.4)
+    p.add_argument("--mem-fraction", type=float, default=0.35, help="skip above this share of free RAM")
+    p.add_argument("--max-step-s", type=float, default=None, help="skip a contender whose step is predicted slower")
     p.add_argument("--infer-repeats", type=int, default=30)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write machine-readable results here")
     args = p.parse_args(argv)
 
     if args.smoke:
-        defaults = dict(workloads="smoke", batches="4", cases=",".join(ALL_CASES), rounds=1, budget_s=5.0)
+        defaults = dict(workloads="smoke", batches="4", cases=",".join(ALL_CASES), rounds=1, budget_s=5.0, max_step_s=5.0)
         args.warmup, args.infer_repeats = 1, 3
         args.threads = args.threads or 1  # tiny tensors: a second thread only adds fork/join
     elif args.quick:
-        defaults = dict(workloads="har,traffic,power", batches="64,512", cases=",".join(QUICK_CASES), rounds=5, budget_s=4.0)
+        defaults = dict(workloads="har,traffic,power", batches="64,512", cases=",".join(QUICK_CASES), rounds=5, budget_s=3.0, max_step_s=1.5)
     else:
-        defaults = dict(workloads="har,traffic,power", batches="64,256,512,2048", cases=",".join(ALL_CASES), rounds=15, budget_s=20.0)
+        defaults = dict(workloads="har,traffic,power", batches="64,256,512,2048", cases=",".join(ALL_CASES), rounds=15, budget_s=20.0, max_step_s=20.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -29,14 +29,27 @@ CFC_TEMPLATE = r"""
 /* Element-wise loops over n items: one SIMD loop per call, threads only when n is large (the
    per-step calls at B=64 are ~8k elements, below a thread team's wake-up cost). */
 #define PAR_MIN 65536
+/* mode flag: the heads are [ff1 | ff2 | time_a + time_b] (3U wide), valid when dt = 1 */
+#define MERGED_GATE 4
 
-static void act_fwd_range_SFX(int64_t lo, int64_t hi, int kind, const REAL* pre, REAL* y) {
-    if (kind == 0) {
+/* Rows lo..hi of y = act(pre + add): `add` is a (rows, cols) matrix (add_stride = cols), a bias
+   row broadcast over rows (add_stride = 0), or NULL. Adding here spares torch's addmm a copy of
+   its bias into the output before every GEMM. */
+static void act_fwd_range_SFX(int64_t lo, int64_t hi, int64_t cols, int kind, const REAL* pre,
+                              const REAL* add, int64_t add_stride, REAL* y) {
+    const REAL outer = kind == 0 ? (REAL)1.7159 : (REAL)1;
+    const REAL inner = kind == 0 ? (REAL)0.666 : (REAL)1;
+    for (int64_t r = lo; r < hi; r++) {
+        const REAL* p = pre + r * cols;
+        const REAL* a = add ? add + r * add_stride : NULL;
+        REAL* yr = y + r * cols;
+        if (a) {
 #pragma omp simd
-        for (int64_t i = lo; i < hi; i++) y[i] = (REAL)1.7159 * tanh_SFX((REAL)0.666 * pre[i]);
-    } else {
+            for (int64_t c = 0; c < cols; c++) yr[c] = outer * tanh_SFX(inner * (p[c] + a[c]));
+        } else {
 #pragma omp simd
-        for (int64_t i = lo; i < hi; i++) y[i] = tanh_SFX(pre[i]);
+            for (int64_t c = 0; c < cols; c++) yr[c] = outer * tanh_SFX(inner * p[c]);
+        }
     }
 }
 
@@ -51,15 +64,19 @@ static void act_bwd_range_SFX(int64_t lo, int64_t hi, int kind, const REAL* y, c
     }
 }
 
-/* y = act(pre), n elements (may be in place). */
-void cfc_act_fwd_SFX(int64_t n, int kind, const REAL* pre, REAL* y) {
-    if (n < PAR_MIN) { act_fwd_range_SFX(0, n, kind, pre, y); return; }
+/* y = act(pre + add) over a (rows, cols) block (may be in place; see act_fwd_range). */
+void cfc_act_fwd_SFX(int64_t rows, int64_t cols, int kind, const REAL* pre, const REAL* add,
+                     int64_t add_stride, REAL* y) {
+    if (rows * cols < PAR_MIN) {
+        act_fwd_range_SFX(0, rows, cols, kind, pre, add, add_stride, y);
+        return;
+    }
 #pragma omp parallel
     {
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        int64_t chunk = (n + nt - 1) / nt;
-        int64_t lo = id * chunk, hi = lo + chunk < n ? lo + chunk : n;
-        if (lo < hi) act_fwd_range_SFX(lo, hi, kind, pre, y);
+        int64_t chunk = (rows + nt - 1) / nt;
+        int64_t lo = id * chunk, hi = lo + chunk < rows ? lo + chunk : rows;
+        if (lo < hi) act_fwd_range_SFX(lo, hi, cols, kind, pre, add, add_stride, y);
     }
 }
 
@@ -79,9 +96,18 @@ void cfc_act_bwd_SFX(int64_t n, int kind, const REAL* y, const REAL* gy, REAL* g
    Writes h[B][U] and the activations the backward needs, acts[B][3U]:
    gated: [tanh ff1 | tanh ff2 | σ]; pure: [ff1 | decay | -]. */
 static void tail_fwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, const REAL* heads, int64_t hstride,
-                      const REAL* dt, const REAL* wtau, const REAL* A, REAL* h, REAL* acts) {
+                      const REAL* hbias, const REAL* dt, const REAL* wtau, const REAL* A, REAL* h, REAL* acts) {
+    const int merged = mode & MERGED_GATE;
+    mode &= 3;
+    REAL* row = (REAL*)malloc(sizeof(REAL) * 4 * U);  /* head row + bias */
     for (int64_t b = b_lo; b < b_hi; b++) {
         const REAL* hd = heads + b * hstride;
+        if (hbias) {
+            int64_t X = mode == 2 ? U : (merged ? 3 * U : 4 * U);
+#pragma omp simd
+            for (int64_t k = 0; k < X; k++) row[k] = hd[k] + hbias[k];
+            hd = row;
+        }
         REAL* hb = h + b * U;
         REAL* ab = acts + b * 3 * U;
         REAL t = dt ? dt[b] : (REAL)1;
@@ -96,6 +122,17 @@ static void tail_fwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, c
                 ab[u] = f;
                 ab[U + u] = e;
             }
+        } else if (merged) { /* heads [ff1 | ff2 | time_a + time_b] with dt = 1 */
+#pragma omp simd
+            for (int64_t u = 0; u < U; u++) {
+                REAL t1 = tanh_SFX(hd[u]);
+                REAL t2 = tanh_SFX(hd[U + u]);
+                REAL s = (REAL)1 / ((REAL)1 + exp_SFX(-hd[2 * U + u]));
+                hb[u] = mode == 0 ? t1 * ((REAL)1 - s) + s * t2 : t1 + s * t2;
+                ab[u] = t1;
+                ab[U + u] = t2;
+                ab[2 * U + u] = s;
+            }
         } else {
 #pragma omp simd
             for (int64_t u = 0; u < U; u++) {
@@ -109,12 +146,14 @@ static void tail_fwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, c
             }
         }
     }
+    free(row);
 }
 
 void cfc_tail_fwd_SFX(int64_t B, int64_t U, int mode, const REAL* heads, int64_t hstride,
-                      const REAL* dt, const REAL* wtau, const REAL* A, REAL* h, REAL* acts) {
+                      const REAL* hbias, const REAL* dt, const REAL* wtau, const REAL* A, REAL* h,
+                      REAL* acts) {
     if (B * U < PAR_MIN) {
-        tail_fwd_rows_SFX(0, B, U, mode, heads, hstride, dt, wtau, A, h, acts);
+        tail_fwd_rows_SFX(0, B, U, mode, heads, hstride, hbias, dt, wtau, A, h, acts);
         return;
     }
 #pragma omp parallel
@@ -122,7 +161,7 @@ void cfc_tail_fwd_SFX(int64_t B, int64_t U, int mode, const REAL* heads, int64_t
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
         int64_t chunk = (B + nt - 1) / nt;
         int64_t lo = id * chunk, hi = lo + chunk < B ? lo + chunk : B;
-        if (lo < hi) tail_fwd_rows_SFX(lo, hi, U, mode, heads, hstride, dt, wtau, A, h, acts);
+        if (lo < hi) tail_fwd_rows_SFX(lo, hi, U, mode, heads, hstride, hbias, dt, wtau, A, h, acts);
     }
 }
 
@@ -131,6 +170,8 @@ void cfc_tail_fwd_SFX(int64_t B, int64_t U, int mode, const REAL* heads, int64_t
 static void tail_bwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, const REAL* acts, const REAL* dt,
                       const REAL* wtau, const REAL* A, const REAL* g_carry, const REAL* g_out,
                       REAL* g_heads, int64_t gstride, REAL* gA, REAL* gw) {
+    const int merged = mode & MERGED_GATE;
+    mode &= 3;
     for (int64_t b = b_lo; b < b_hi; b++) {
         const REAL* ab = acts + b * 3 * U;
         const REAL* gc = g_carry + b * U;
@@ -160,8 +201,12 @@ static void tail_bwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, c
                 REAL gz = gs * s * ((REAL)1 - s);
                 gh[u] = g1 * ((REAL)1 - t1 * t1);
                 gh[U + u] = g2 * ((REAL)1 - t2 * t2);
-                gh[2 * U + u] = gz * t;
-                gh[3 * U + u] = gz;
+                if (merged) {
+                    gh[2 * U + u] = gz;
+                } else {
+                    gh[2 * U + u] = gz * t;
+                    gh[3 * U + u] = gz;
+                }
             }
         }
     }

@@ -138,9 +138,9 @@ _SIGNATURES = {
     "syn_backward": [_I64] * 4 + [_PTR] * 11,
     "ltc_forward": [_I64] * 4 + ["r"] + [_PTR] * 13,
     "ltc_backward": [_I64] * 5 + ["r"] + [_PTR] * 19,
-    "cfc_act_fwd": [_I64, _INT, _PTR, _PTR],
+    "cfc_act_fwd": [_I64, _I64, _INT, _PTR, _PTR, _I64, _PTR],
     "cfc_act_bwd": [_I64, _INT, _PTR, _PTR, _PTR],
-    "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 5,
+    "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 6,
     "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 7 + [_I64, _PTR, _PTR],
 }
 _fns: dict[tuple[str, torch.dtype], Any] = {}
@@ -265,6 +265,7 @@ def ltc_backward(
 # ----------------------------------------------------------------------- CfC element-wise parts
 
 CFC_MODES = {"default": 0, "no_gate": 1, "pure": 2}
+CFC_MERGED_GATE = 4  # mode flag: heads are [ff1 | ff2 | time_a + time_b], dt = 1
 CFC_ACTIVATIONS = {"lecun_tanh": 0, "tanh": 1}  # others run as torch ops
 
 
@@ -272,9 +273,13 @@ def _opt(t: Optional[torch.Tensor]) -> ctypes.c_void_p:
     return ctypes.c_void_p(0 if t is None else t.data_ptr())
 
 
-def cfc_act_forward(kind: int, pre: torch.Tensor, out: torch.Tensor) -> None:
-    """out = act(pre) element-wise (contiguous, same shape; may alias)."""
-    _fn("cfc_act_fwd", pre.dtype)(ctypes.c_int64(pre.numel()), ctypes.c_int(kind), _p(pre), _p(out))
+def cfc_act_forward(
+    kind: int, pre_RC: torch.Tensor, out_RC: torch.Tensor, add: Optional[torch.Tensor] = None
+) -> None:
+    """out = act(pre + add) on a contiguous (R, C) block; add is (R, C), a (C,) bias or None."""
+    R, C = pre_RC.shape
+    stride = 0 if add is None or add.dim() == 1 else C
+    _fn("cfc_act_fwd", pre_RC.dtype)(R, C, kind, pre_RC.data_ptr(), _opt(add), stride, out_RC.data_ptr())
 
 
 def cfc_act_backward(kind: int, y: torch.Tensor, gy: torch.Tensor, gpre: torch.Tensor) -> None:
@@ -292,13 +297,14 @@ def cfc_tail_forward(
     a_U: Optional[torch.Tensor],
     h_BU: torch.Tensor,
     acts_B3U: torch.Tensor,
+    bias_X: Optional[torch.Tensor] = None,
 ) -> None:
-    """h_BU and the saved activations acts_B3U from the head outputs (rows of stride X)."""
+    """h_BU and the saved activations acts_B3U from the head outputs (+ bias_X if given)."""
     B, U = h_BU.shape
     _fn("cfc_tail_fwd", h_BU.dtype)(
         ctypes.c_int64(B), ctypes.c_int64(U), ctypes.c_int(mode), _p(heads_BX),
-        ctypes.c_int64(heads_BX.stride(0)), _opt(dt_B), _opt(w_tau_U), _opt(a_U), _p(h_BU),
-        _p(acts_B3U),
+        ctypes.c_int64(heads_BX.stride(0)), _opt(bias_X), _opt(dt_B), _opt(w_tau_U), _opt(a_U),
+        _p(h_BU), _p(acts_B3U),
     )  # fmt: skip
 
 
