@@ -390,9 +390,10 @@ static inline double exp_f64(double x) { return exp(x); }
 def source() -> str:
     """The full translation unit: the template instantiated for float and double."""
     from ._fused_csrc_cfc import CFC_HEADER, CFC_TEMPLATE
+    from ._fused_csrc_cfc_seq import CFC_SEQ_TEMPLATE
 
     parts = [HEADER, CFC_HEADER]
     for real, sfx in (("float", "f32"), ("double", "f64")):
-        for template in (KERNEL_TEMPLATE, CFC_TEMPLATE):
+        for template in (KERNEL_TEMPLATE, CFC_TEMPLATE, CFC_SEQ_TEMPLATE):
             parts.append(template.replace("REAL", real).replace("SFX", sfx))
     return "\n".join(parts)

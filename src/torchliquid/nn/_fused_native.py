@@ -142,6 +142,8 @@ _SIGNATURES = {
     "cfc_act_bwd": [_I64, _INT, _PTR, _PTR, _PTR],
     "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 6,
     "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 7 + [_I64, _PTR, _PTR],
+    "cfc_seq_fwd": [_PTR] + [_I64] * 5 + [_PTR] * 5 + [_INT, _INT] + [_PTR] * 7,
+    "cfc_seq_bwd": [_PTR] + [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 10,
 }
 _fns: dict[tuple[str, torch.dtype], Any] = {}
 
@@ -326,4 +328,63 @@ def cfc_tail_backward(
         ctypes.c_int64(B), ctypes.c_int64(U), ctypes.c_int(mode), _p(acts_B3U), _opt(dt_B),
         _opt(w_tau_U), _opt(a_U), _p(g_carry_BU), _opt(g_out_BU), _p(g_heads_BX),
         ctypes.c_int64(g_heads_BX.stride(0)), _opt(g_a_BU), _opt(g_w_BU),
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------- CfC whole-sequence loops (BLAS)
+
+_gemm: dict[torch.dtype, Optional[int]] = {}
+_BLAS_SYMBOLS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
+
+
+def gemm_pointer(dtype: torch.dtype) -> Optional[int]:
+    """Address of the Fortran gemm (LP64) inside torch's CPU library, or None.
+
+    torch's x86 wheels link MKL statically and export its `sgemm_`/`dgemm_`; the C time loops
+    call it so that GEMMs run on the same BLAS and threads as torch.mm. Disabled with
+    TORCHLIQUID_BLAS=0; absent on builds that do not export it (the Python loop is used then).
+    """
+    if dtype not in _gemm:
+        address = None
+        if os.environ.get("TORCHLIQUID_BLAS", "1") != "0" and dtype in _BLAS_SYMBOLS and available():
+            path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+            try:
+                fn = getattr(ctypes.CDLL(path), _BLAS_SYMBOLS[dtype])
+                address = ctypes.cast(fn, ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                address = None
+        _gemm[dtype] = address
+    return _gemm[dtype]
+
+
+def _ptrs(tensors) -> Any:
+    return (ctypes.c_void_p * max(1, len(tensors)))(*[0 if t is None else t.data_ptr() for t in tensors])
+
+
+def cfc_seq_forward(mode: int, act: int, I: int, weights, biases, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U,
+                    ys, h_TBU, acts_TB3U) -> None:  # fmt: skip
+    """The whole forward time loop in C (see _fused_csrc_cfc_seq); fills ys, h_TBU, acts_TB3U."""
+    T, B, _ = p0_TBO.shape
+    U, nb = h0_BU.shape[1], len(weights) - 1
+    widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
+    heads = h0_BU.new_empty(B, weights[-1].shape[0])
+    kernel("cfc_seq_fwd", h0_BU.dtype)(
+        gemm_pointer(h0_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
+        p0_TBO.data_ptr(), h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value,
+        _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(), acts_TB3U.data_ptr(),
+    )  # fmt: skip
+
+
+def cfc_seq_backward(mode: int, act: int, I: int, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g_TBU,
+                     g_heads_TBX, g_pres, g_carry_BU, g_a_BU, g_w_BU) -> None:  # fmt: skip
+    """The whole backward time loop in C; fills g_heads_TBX, g_pres and g_carry_BU (= dL/dh0)."""
+    T, B, U = g_TBU.shape
+    nb = len(weights) - 1
+    widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
+    gy = g_TBU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))
+    kernel("cfc_seq_bwd", g_TBU.dtype)(
+        gemm_pointer(g_TBU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys),
+        acts_TB3U.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value,
+        g_TBU.data_ptr(), g_heads_TBX.data_ptr(), _ptrs(g_pres), g_carry_BU.data_ptr(),
+        _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(),
     )  # fmt: skip

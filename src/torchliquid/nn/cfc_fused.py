@@ -107,13 +107,15 @@ def _tail_backward_torch(mode, acts_B3U, dt_B1, w_tau_U, a_U, g_carry, g_out, g_
 class _Plan:
     """Static description of one call: mode, activation, layer count and element-wise backend."""
 
-    def __init__(self, mode: str, activation: str, n_backbone: int, use_native: bool, I: int) -> None:
+    def __init__(self, mode: str, activation: str, n_backbone: int, use_native: bool, I: int, dtype: torch.dtype) -> None:
         self.mode, self.activation, self.n_backbone, self.I = mode, activation, n_backbone, I
         self.native_tail = use_native
         self.native_act = use_native and activation in native.CFC_ACTIVATIONS
         self.mode_id = native.CFC_MODES[mode]
         self.act_id = native.CFC_ACTIVATIONS.get(activation, -1)
         self.keep_pre = activation in ("gelu", "silu")  # their derivative needs the input
+        # The whole time loop in C around torch's own BLAS gemm, when torch exports one.
+        self.c_loop = use_native and native.gemm_pointer(dtype) is not None
 
 
 def _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U) -> None:
@@ -126,7 +128,8 @@ def _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, 
     tail = native.kernel("cfc_tail_fwd", h0_BU.dtype)
     heads_BX = h0_BU.new_empty(B, weights[-1].shape[0])
     X, heads_p = heads_BX.shape[1], heads_BX.data_ptr()
-    w_h_t = weights[0][:, I:].t()
+    # Contiguous once per call: a column slice of W_0 as a GEMM operand is copied by every mm.
+    w_h_t = weights[0][:, I:].t().contiguous()
     w_t = [w.t() for w in weights]
     p0, hs = p0_TBO.unbind(0), h_TBU.unbind(0)
     yl = [y.unbind(0) for y in ys]
@@ -166,7 +169,7 @@ def _backward_native(plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, 
     es = g_TBU.element_size()
     act_b = native.kernel("cfc_act_bwd", g_TBU.dtype)
     tail_b = native.kernel("cfc_tail_bwd", g_TBU.dtype)
-    w_h = weights[0][:, I:]
+    w_h = weights[0][:, I:].contiguous()  # see _forward_native
     X = g_heads_TBX.shape[2]
     gh = g_heads_TBX.unbind(0)
     gp = [g.unbind(0) for g in g_pres]
@@ -206,7 +209,12 @@ class _CfCFunction(torch.autograd.Function):
         weights, biases = layers[0::2], layers[1::2]
         w_x, w_h = weights[0][:, :I], weights[0][:, I:]
         # Input half of the first layer for all steps, then time-major so each step is a block.
-        p0_TBO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), w_x.t()).view(B, T, -1).transpose(0, 1).contiguous()
+        O = weights[0].shape[0]
+        if I <= O:  # transpose the narrower of x and p0 into time-major (one copy either way)
+            x_TBI = x_BTI.transpose(0, 1).reshape(T * B, I)
+            p0_TBO = torch.addmm(biases[0], x_TBI, w_x.t()).view(T, B, O)
+        else:
+            p0_TBO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), w_x.t()).view(B, T, O).transpose(0, 1).contiguous()
         nb = plan.n_backbone
         ys = [p0_TBO.new_empty(T, B, weights[l].shape[0]) for l in range(nb)]
         pres = [torch.empty_like(y) for y in ys] if plan.keep_pre else []
@@ -216,7 +224,9 @@ class _CfCFunction(torch.autograd.Function):
         h_BU = h0_BU
         w_h_t = w_h.t()
         fast = plan.native_tail and (nb == 0 or plan.native_act)
-        if fast:
+        if fast and plan.c_loop:
+            native.cfc_seq_forward(plan.mode_id, plan.act_id, I, weights, biases, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, ys, h_TBU, acts_TB3U)
+        elif fast:
             _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U)
         for t in range(T if not fast else 0):
             z_BO = torch.addmm(p0_TBO[t], h_BU, w_h_t, out=heads_BX if nb == 0 else None)
@@ -239,7 +249,9 @@ class _CfCFunction(torch.autograd.Function):
             h_BU = h_TBU[t]
         ctx.plan = plan
         ctx.save_for_backward(x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, *layers, *ys, *pres)
-        return h_TBU.transpose(0, 1).contiguous()
+        # A (B, T, U) view of the time-major buffer: no copy. In-place edits of it bump the
+        # saved buffer's version, so autograd would refuse a corrupted backward.
+        return h_TBU.transpose(0, 1)
 
     @staticmethod
     def backward(ctx: Any, g_BTU):  # type: ignore[override]
@@ -260,7 +272,9 @@ class _CfCFunction(torch.autograd.Function):
         g_w_BU = h0_BU.new_zeros(B, U) if pure else None
         g_carry = h0_BU.new_zeros(B, U)
         fast = plan.native_tail and (nb == 0 or plan.native_act)
-        if fast:
+        if fast and plan.c_loop:
+            native.cfc_seq_backward(plan.mode_id, plan.act_id, I, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g_TBU, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU)
+        elif fast:
             _backward_native(plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU)
         for t in reversed(range(T if not fast else 0)):
             dt_B1 = None if dt_TB1 is None else dt_TB1[t]
@@ -290,13 +304,24 @@ class _CfCFunction(torch.autograd.Function):
             grads[2 * l] = rows(g_pres[l]).t() @ rows(ys[l - 1])
             grads[2 * l + 1] = g_pres[l].sum((0, 1))
         g_first_TBO = g_pres[0] if nb > 0 else g_heads_TBX
-        h_prev_TBU = torch.cat([h0_BU.unsqueeze(0), h_TBU[:-1]])
-        g_first_BTO = g_first_TBO.transpose(0, 1).reshape(B * T, -1)
-        g_wx = g_first_BTO.t() @ x_BTI.reshape(B * T, I)
-        grads[0] = torch.cat([g_wx, rows(g_first_TBO).t() @ rows(h_prev_TBU)], 1)
+        # dW_h = Σ_t g_t^T h_{t-1}: the steps 1.. as one GEMM on contiguous time-major slices,
+        # step 0 against h0 (no shifted copy of h). dW_x from whichever of x or g is narrower
+        # transposed to the other's layout.
+        O = g_first_TBO.shape[2]
+        g_wh = g_first_TBO[0].t() @ h0_BU
+        if T > 1:
+            g_wh = g_wh + g_first_TBO[1:].reshape((T - 1) * B, O).t() @ h_TBU[:-1].reshape((T - 1) * B, U)
+        if I <= O:
+            g_wx = rows(g_first_TBO).t() @ x_BTI.transpose(0, 1).reshape(T * B, I)
+        else:
+            g_first_BTO = g_first_TBO.transpose(0, 1).reshape(B * T, O)
+            g_wx = g_first_BTO.t() @ x_BTI.reshape(B * T, I)
+        grads[0] = torch.cat([g_wx, g_wh], 1)
         if nb > 0:
             grads[1] = g_first_TBO.sum((0, 1))
-        g_x = (g_first_BTO @ weights[0][:, :I]).view(B, T, I) if ctx.needs_input_grad[1] else None
+        g_x = None
+        if ctx.needs_input_grad[1]:
+            g_x = (rows(g_first_TBO) @ weights[0][:, :I]).view(T, B, I).transpose(0, 1)
         g_w_tau = (g_w_BU.sum(0) if pure else None)
         g_a = (g_a_BU.sum(0) if pure else None)
         return (None, g_x, g_carry, None, g_w_tau, g_a, *grads)
@@ -360,7 +385,7 @@ def cfc_sequence(
     w_tau = None if w_tau_1U is None else cast(w_tau_1U.reshape(-1))
     a = None if a_1U is None else cast(a_1U.reshape(-1))
     use_native = implementation != "function-torch" and native.supports(x)
-    plan = _Plan(mode, activation, len(backbone_weights), use_native, x.shape[2])
+    plan = _Plan(mode, activation, len(backbone_weights), use_native, x.shape[2], x.dtype)
     if dt_TB1 is None and mode != "pure":
         # With dt = 1 the gate reads time_a(z) + time_b(z) = (W_a + W_b) z + (b_a + b_b): one head
         # fewer (3U instead of 4U columns, -25 % head FLOPs); autograd gives W_a and W_b the same

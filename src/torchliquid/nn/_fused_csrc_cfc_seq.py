@@ -1,0 +1,94 @@
+"""C source of the whole-sequence CfC time loops (forward and backward) around BLAS gemm.
+
+Why: at batch 64 a CfC step is ~4 small GEMMs and 4 element-wise kernels; driven from Python,
+each costs a dispatch (~5-10 µs here) on top of its work, as much again as the GEMMs themselves.
+These loops make the whole sequence one call. The GEMM is the BLAS torch already uses: the
+Fortran `sgemm_`/`dgemm_` symbol of torch's own library, passed in as a function pointer by
+_fused_native (so MKL's threads are torch's threads); where torch exports no BLAS symbol, the
+Python-driven loop of cfc_fused runs instead.
+
+Everything is row-major; `mm_rm` maps C = op(A) op(B) onto column-major gemm as C^T = op(B)^T
+op(A)^T. Layer l has weight W_l (out_l, in_l) row-major; W_0 = [W_x | W_h] has leading
+dimension I + U and W_h starts at column I. Time-major buffers: [T][B][width].
+"""
+
+CFC_SEQ_TEMPLATE = r"""
+typedef void (*gemm_SFX_t)(const char*, const char*, const int*, const int*, const int*,
+                           const REAL*, const REAL*, const int*, const REAL*, const int*,
+                           const REAL*, REAL*, const int*);
+
+/* Row-major C[M][N] = op(A) op(B) (+ C if beta = 1), A with leading dim lda, B with ldb. */
+static void mm_rm_SFX(gemm_SFX_t gemm, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                      const REAL* A, int64_t lda, const REAL* Bm, int64_t ldb, REAL beta,
+                      REAL* C, int64_t ldc) {
+    const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
+    const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+    const REAL one = 1;
+    gemm(&opb, &opa, &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
+}
+
+/* Forward over T steps. widths[l] = out_l for backbone layers l < nb, widths[nb] = X (heads).
+   W[l], bias[l] for l <= nb (bias[0] unused: it is inside p0). p0[T][B][O0] = x W_x^T + b_0.
+   Writes ys[l][T][B][H_l], h_out[T][B][U], acts[T][B][3U]; heads is a [B][X] scratch. */
+void cfc_seq_fwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
+                     const int64_t* widths, const REAL* const* W, const REAL* const* bias,
+                     const REAL* p0, const REAL* h0, int mode, int act, const REAL* dt,
+                     const REAL* wtau, const REAL* A, REAL* const* ys, REAL* heads, REAL* h_out,
+                     REAL* acts) {
+    gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
+    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
+    for (int64_t t = 0; t < T; t++) {
+        const REAL* h = t == 0 ? h0 : h_out + (t - 1) * B * U;
+        const REAL* p0t = p0 + t * B * O0;
+        if (nb == 0) {  /* heads = p0 + h W_h^T */
+            for (int64_t i = 0; i < B * X; i++) heads[i] = p0t[i];
+            mm_rm_SFX(gemm, 0, 1, B, X, U, h, U, W[0] + I, ld0, 1, heads, X);
+        } else {
+            REAL* y = ys[0] + t * B * O0;
+            mm_rm_SFX(gemm, 0, 1, B, O0, U, h, U, W[0] + I, ld0, 0, y, O0);
+            cfc_act_fwd_SFX(B, O0, act, y, p0t, O0, y);
+            for (int64_t l = 1; l < nb; l++) {
+                REAL* yl = ys[l] + t * B * widths[l];
+                mm_rm_SFX(gemm, 0, 1, B, widths[l], widths[l - 1], ys[l - 1] + t * B * widths[l - 1],
+                          widths[l - 1], W[l], widths[l - 1], 0, yl, widths[l]);
+                cfc_act_fwd_SFX(B, widths[l], act, yl, bias[l], 0, yl);
+            }
+            const int64_t Hl = widths[nb - 1];
+            mm_rm_SFX(gemm, 0, 1, B, X, Hl, ys[nb - 1] + t * B * Hl, Hl, W[nb], Hl, 0, heads, X);
+        }
+        cfc_tail_fwd_SFX(B, U, mode, heads, X, nb == 0 ? NULL : bias[nb], dt ? dt + t * B : NULL,
+                         wtau, A, h_out + t * B * U, acts + t * B * 3 * U);
+    }
+}
+
+/* Backward over T steps (reversed). g_out[T][B][U] is dL/dh of every step; g_carry[B][U] must
+   be zero on entry and holds dL/dh0 on exit. Writes g_heads[T][B][X] and g_pres[l][T][B][H_l]
+   (the weight gradients are then one GEMM each, outside); gy is a [B][max H] scratch. */
+void cfc_seq_bwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
+                     const int64_t* widths, const REAL* const* W, REAL* const* ys,
+                     const REAL* acts, int mode, int act, const REAL* dt, const REAL* wtau,
+                     const REAL* A, const REAL* g_out, REAL* g_heads, REAL* const* g_pres,
+                     REAL* g_carry, REAL* gA, REAL* gw, REAL* gy) {
+    gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
+    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        REAL* gh = g_heads + t * B * X;
+        cfc_tail_bwd_SFX(B, U, mode, acts + t * B * 3 * U, dt ? dt + t * B : NULL, wtau, A,
+                         g_carry, g_out + t * B * U, gh, X, gA, gw);
+        const REAL* first = gh;
+        if (nb > 0) {
+            const int64_t Hl = widths[nb - 1];
+            mm_rm_SFX(gemm, 0, 0, B, Hl, X, gh, X, W[nb], Hl, 0, gy, Hl);
+            for (int64_t l = nb - 1; l >= 0; l--) {
+                REAL* gp = g_pres[l] + t * B * widths[l];
+                cfc_act_bwd_SFX(B * widths[l], act, ys[l] + t * B * widths[l], gy, gp);
+                if (l > 0)
+                    mm_rm_SFX(gemm, 0, 0, B, widths[l - 1], widths[l], gp, widths[l], W[l],
+                              widths[l - 1], 0, gy, widths[l - 1]);
+            }
+            first = g_pres[0] + t * B * O0;
+        }
+        mm_rm_SFX(gemm, 0, 0, B, U, O0, first, O0, W[0] + I, ld0, 0, g_carry, U);
+    }
+}
+"""
