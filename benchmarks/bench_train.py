@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     elif args.quick:
         defaults = dict(workloads="har,traffic,power", batches="64,512", cases=",".join(QUICK_CASES), rounds=5, budget_s=3.0, max_step_s=1.5)
     else:
-        defaults = dict(workloads="har,traffic,power", batches="64,256,512,2048", cases=",".join(ALL_CASES), rounds=15, budget_s=20.0, max_step_s=20.0)
+        defaults = dict(workloads="har,traffic,power", batches="64,256,512,2048", cases=",".join(ALL_CASES), rounds=10, budget_s=10.0, max_step_s=10.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -251,6 +251,12 @@ def main(argv=None) -> int:
     machine = harness.machine_info(device)
     log(f"machine: {machine}")
     log(f"intra-op threads: {torch.get_num_threads()} (set with --threads; the test suite uses 1)")
+    load = machine.get("loadavg", [0.0])[0]
+    if torch.get_num_threads() > 1 and load > 0.5 * (machine["logical_cores"] or 1):
+        note = (f"WARNING: load average {load} on {machine['logical_cores']} cores: with {torch.get_num_threads()} "
+                "threads every parallel region waits for a descheduled thread; timings will be erratic "
+                "(seen here: LSTM 8,600 -> 45 seq/s). Use --threads 1 on a shared machine.")  # fmt: skip
+        log(note)
     gemm = harness.gemm_ceiling_gflops(device, n=256 if args.smoke else 2048)
     log(f"GEMM ceiling: {gemm:.1f} GFLOP/s (fp32 {256 if args.smoke else 2048}^3 matmul, best of 5)")
 

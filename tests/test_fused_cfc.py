@@ -114,6 +114,23 @@ def test_batch_and_length_sweep(implementation, B, T):
     _assert_close(out, ref, grads, ref_grads)
 
 
+@needs_native
+@pytest.mark.parametrize("mode,activation,layers", [("default", "lecun_tanh", 1), ("no_gate", "tanh", 2),
+                                                    ("pure", "lecun_tanh", 0), ("default", "gelu", 1)])
+@pytest.mark.parametrize("timed", [False, True])
+def test_python_time_loop_matches_reference(monkeypatch, mode, activation, layers, timed):
+    """Without an exported BLAS gemm the C kernels are driven from a Python time loop."""
+    monkeypatch.setattr(native, "gemm_pointer", lambda dtype: None)
+    _, cell = _model(mode, activation, layers)
+    params = _cell_params(cell)
+    x = torch.randn(4, 5, 4, requires_grad=True)
+    h0 = torch.randn(4, 8, requires_grad=True)
+    dt = torch.rand(4, 5, 1) + 0.25 if timed else None
+    ref, ref_grads = _run(cfc_fused_variants.cfc_sequence_reference, x, h0, dt, params, activation)
+    out, grads = _run(cfc_fused.cfc_sequence, x, h0, dt, params, activation, implementation="function")
+    _assert_close(out, ref, grads, ref_grads)
+
+
 @pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])
 def test_reference_equals_ncps_cfc(mode):
     """The control itself is ncps: CfC (no projection) and our loop agree on outputs."""
@@ -141,8 +158,10 @@ def test_wired_cfc_layer_by_layer_equals_ncps(mode):
 
 
 @pytest.mark.parametrize("implementation", ["function", "function-torch"])
-@pytest.mark.parametrize("mode,layers", [("default", 1), ("no_gate", 2), ("pure", 0), ("default", 0)])
-def test_gradcheck_float64(implementation, mode, layers):
+@pytest.mark.parametrize("mode,layers,timed", [("default", 1, True), ("no_gate", 2, True), ("pure", 0, True),
+                                               ("default", 0, True), ("default", 1, False), ("no_gate", 0, False)])
+def test_gradcheck_float64(implementation, mode, layers, timed):
+    """Untimed cases run the merged time gate (one head time_a + time_b, dt = 1)."""
     if implementation == "function" and not native.available():
         pytest.skip(f"no native kernels: {native.failure()}")
     _, cell = _model(mode, "lecun_tanh", layers, I=3, U=4, dtype=torch.float64)
@@ -150,7 +169,7 @@ def test_gradcheck_float64(implementation, mode, layers):
     leaves = [p.detach().clone().requires_grad_() for p in _leaves(params)]
     x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     h0 = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    dt = torch.rand(2, 3, 1, dtype=torch.float64) + 0.5
+    dt = torch.rand(2, 3, 1, dtype=torch.float64) + 0.5 if timed else None
     nb = len(params["backbone_weights"])
 
     def fn(x, h0, *values):
