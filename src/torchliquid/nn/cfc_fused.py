@@ -107,7 +107,9 @@ def _tail_backward_torch(mode, acts_B3U, dt_B1, w_tau_U, a_U, g_carry, g_out, g_
 class _Plan:
     """Static description of one call: mode, activation, layer count and element-wise backend."""
 
-    def __init__(self, mode: str, activation: str, n_backbone: int, use_native: bool, I: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, mode: str, activation: str, n_backbone: int, use_native: bool, I: int, dtype: torch.dtype
+    ) -> None:
         self.mode, self.activation, self.n_backbone, self.I = mode, activation, n_backbone, I
         self.native_tail = use_native
         self.native_act = use_native and activation in native.CFC_ACTIVATIONS
@@ -118,7 +120,9 @@ class _Plan:
         self.c_loop = use_native and native.gemm_pointer(dtype) is not None
 
 
-def _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U) -> None:
+def _forward_native(
+    plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U
+) -> None:
     """The forward time loop with C element-wise kernels: 2 GEMMs + 2 C calls per step, no
     allocation; C calls get raw pointers (base + t * step) instead of per-step tensor views."""
     T, B, _ = p0_TBO.shape
@@ -162,7 +166,9 @@ def _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, 
         h_BU = hs[t]
 
 
-def _backward_native(plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU) -> None:
+def _backward_native(
+    plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU
+) -> None:
     """The reversed time loop with C element-wise kernels: 2 C calls + 2 GEMMs per step."""
     T, B, U = g_TBU.shape
     I, nb = plan.I, plan.n_backbone
@@ -214,7 +220,8 @@ class _CfCFunction(torch.autograd.Function):
             x_TBI = x_BTI.transpose(0, 1).reshape(T * B, I)
             p0_TBO = torch.addmm(biases[0], x_TBI, w_x.t()).view(T, B, O)
         else:
-            p0_TBO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), w_x.t()).view(B, T, O).transpose(0, 1).contiguous()
+            p0_BTO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), w_x.t()).view(B, T, O)
+            p0_TBO = p0_BTO.transpose(0, 1).contiguous()
         nb = plan.n_backbone
         ys = [p0_TBO.new_empty(T, B, weights[l].shape[0]) for l in range(nb)]
         pres = [torch.empty_like(y) for y in ys] if plan.keep_pre else []
@@ -225,9 +232,14 @@ class _CfCFunction(torch.autograd.Function):
         w_h_t = w_h.t()
         fast = plan.native_tail and (nb == 0 or plan.native_act)
         if fast and plan.c_loop:
-            native.cfc_seq_forward(plan.mode_id, plan.act_id, I, weights, biases, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, ys, h_TBU, acts_TB3U)
+            native.cfc_seq_forward(
+                plan.mode_id, plan.act_id, I, weights, biases, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U,
+                ys, h_TBU, acts_TB3U,
+            )  # fmt: skip
         elif fast:
-            _forward_native(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U)
+            _forward_native(
+                plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, h_TBU, acts_TB3U
+            )
         for t in range(T if not fast else 0):
             z_BO = torch.addmm(p0_TBO[t], h_BU, w_h_t, out=heads_BX if nb == 0 else None)
             for l in range(nb):
@@ -245,13 +257,14 @@ class _CfCFunction(torch.autograd.Function):
             if plan.native_tail:
                 native.cfc_tail_forward(plan.mode_id, heads_BX, dt_B1, w_tau_U, a_U, h_TBU[t], acts_TB3U[t])
             else:
-                _tail_forward_torch(plan.mode, heads_BX, 1.0 if dt_B1 is None else dt_B1, w_tau_U, a_U, h_TBU[t], acts_TB3U[t])
+                dt = 1.0 if dt_B1 is None else dt_B1
+                _tail_forward_torch(plan.mode, heads_BX, dt, w_tau_U, a_U, h_TBU[t], acts_TB3U[t])
             h_BU = h_TBU[t]
         ctx.plan = plan
         ctx.save_for_backward(x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, *layers, *ys, *pres)
-        # A (B, T, U) view of the time-major buffer: no copy. In-place edits of it bump the
-        # saved buffer's version, so autograd would refuse a corrupted backward.
-        return h_TBU.transpose(0, 1)
+        # A fresh (B, T, U) tensor, not a view of the saved buffer: autograd forbids in-place
+        # edits of a custom Function's view outputs, and callers (masks, ncps habits) do them.
+        return h_TBU.transpose(0, 1).contiguous()
 
     @staticmethod
     def backward(ctx: Any, g_BTU):  # type: ignore[override]
@@ -259,7 +272,8 @@ class _CfCFunction(torch.autograd.Function):
         nb = plan.n_backbone
         x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, *rest = ctx.saved_tensors
         n_layers = nb + 1
-        layers, ys, pres = rest[: 2 * n_layers], rest[2 * n_layers : 2 * n_layers + nb], rest[2 * n_layers + nb :]
+        layers, ys = rest[: 2 * n_layers], rest[2 * n_layers : 2 * n_layers + nb]
+        pres = rest[2 * n_layers + nb :]
         weights, biases = layers[0::2], layers[1::2]
         B, T, I = x_BTI.shape
         U = h0_BU.shape[1]
@@ -273,15 +287,27 @@ class _CfCFunction(torch.autograd.Function):
         g_carry = h0_BU.new_zeros(B, U)
         fast = plan.native_tail and (nb == 0 or plan.native_act)
         if fast and plan.c_loop:
-            native.cfc_seq_backward(plan.mode_id, plan.act_id, I, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g_TBU, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU)
+            native.cfc_seq_backward(
+                plan.mode_id, plan.act_id, I, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g_TBU,
+                g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU,
+            )  # fmt: skip
         elif fast:
-            _backward_native(plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU)
+            _backward_native(
+                plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, acts_TB3U, g_heads_TBX, g_pres, g_carry,
+                g_a_BU, g_w_BU,
+            )  # fmt: skip
         for t in reversed(range(T if not fast else 0)):
             dt_B1 = None if dt_TB1 is None else dt_TB1[t]
             if plan.native_tail:
-                native.cfc_tail_backward(plan.mode_id, acts_TB3U[t], dt_B1, w_tau_U, a_U, g_carry, g_TBU[t], g_heads_TBX[t], g_a_BU, g_w_BU)
+                native.cfc_tail_backward(
+                    plan.mode_id, acts_TB3U[t], dt_B1, w_tau_U, a_U, g_carry, g_TBU[t], g_heads_TBX[t],
+                    g_a_BU, g_w_BU,
+                )  # fmt: skip
             else:
-                _tail_backward_torch(plan.mode, acts_TB3U[t], 1.0 if dt_B1 is None else dt_B1, w_tau_U, a_U, g_carry, g_TBU[t], g_heads_TBX[t], g_a_BU, g_w_BU)
+                _tail_backward_torch(
+                    plan.mode, acts_TB3U[t], 1.0 if dt_B1 is None else dt_B1, w_tau_U, a_U, g_carry,
+                    g_TBU[t], g_heads_TBX[t], g_a_BU, g_w_BU,
+                )  # fmt: skip
             g_first = g_heads_TBX[t]
             if nb > 0:
                 g_y = torch.mm(g_heads_TBX[t], weights[-1])
@@ -289,7 +315,8 @@ class _CfCFunction(torch.autograd.Function):
                     if plan.native_act:
                         native.cfc_act_backward(plan.act_id, ys[l][t], g_y, g_pres[l][t])
                     else:
-                        g_pres[l][t] = _act_backward(plan.activation, pres[l][t] if pres else None, ys[l][t], g_y)
+                        pre = pres[l][t] if pres else None
+                        g_pres[l][t] = _act_backward(plan.activation, pre, ys[l][t], g_y)
                     if l > 0:
                         g_y = torch.mm(g_pres[l][t], weights[l])
                 g_first = g_pres[0][t]
@@ -372,7 +399,10 @@ def cfc_sequence(
             "compile": cfc_fused_variants.cfc_sequence_compiled,
             "reference": cfc_fused_variants.cfc_sequence_reference,
         }[implementation]
-        return fn(x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, head_weight_XZ, head_bias_X, mode, activation, w_tau_1U, a_1U)
+        return fn(
+            x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, head_weight_XZ, head_bias_X,
+            mode, activation, w_tau_1U, a_1U,
+        )  # fmt: skip
 
     device_type = x_BTI.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x_BTI.dtype

@@ -142,7 +142,9 @@ class _RecurrenceFn(torch.autograd.Function):
     """v_BTU of the LTC recurrence; saves only its inputs and outputs (O(B·T·U))."""
 
     @staticmethod
-    def forward(ctx: Any, v0_BU, sn_BTU, sd_BTU, cmt_BTU, gleak_U, vleak_U, w, mu, sigma, erev, spec, unfolds, eps):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, v0_BU, sn_BTU, sd_BTU, cmt_BTU, gleak_U, vleak_U, w, mu, sigma, erev, spec, unfolds, eps
+    ):
         params = (w, mu, sigma, erev)
         ctx.spec, ctx.unfolds, ctx.eps = spec, unfolds, eps
         if spec.kind == "native":
@@ -264,10 +266,13 @@ def ltc_sequence(
     s_index = synapse_index(sensory_mask_IU)
     r_index = synapse_index(mask_UU)
     kind = _choose(backend, r_index, x_BTI, v0_BU)
-    s_spec = _Spec(kind if kind == "native" else ("sparse" if s_index.density < SPARSE_BELOW else "dense"), s_index)
+    s_kind = "sparse" if s_index.density < SPARSE_BELOW else "dense"
+    s_spec = _Spec(kind if kind == "native" else s_kind, s_index)
     r_spec = _Spec(kind, r_index)
 
-    s_params = _layout_params(s_spec, *map(cast, (sensory_w_IU, sensory_mu_IU, sensory_sigma_IU, sensory_erev_IU, sensory_mask_IU)))
+    s_params = _layout_params(
+        s_spec, *map(cast, (sensory_w_IU, sensory_mu_IU, sensory_sigma_IU, sensory_erev_IU, sensory_mask_IU))
+    )
     x_NI = x_BTI.reshape(B * T, I).contiguous()
     sn_NU, sd_NU = _SensoryFn.apply(x_NI, *s_params, s_spec)
     U = cm_U.shape[0]
