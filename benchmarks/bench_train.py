@@ -107,7 +107,8 @@ def _predicted_peak_bytes(c: Contender, x, batch: int) -> float:
     (16 GiB RSS for 4.7 GiB saved, Traffic-like B=512), ~3x for the fused paths. An RSS probe
     at batch 8 was tried and is useless: one-time allocations dominate it."""
     probe = min(batch, 8)
-    return 4 * c.saved_bytes(x[:probe]) * batch / probe
+    # clone: a slice would keep (and be counted with) the storage of the whole batch
+    return 4 * c.saved_bytes(x[:probe].clone()) * batch / probe
 
 
 def run_batch(w: Workload, batch: int, cases: list[str], args, device, log) -> list[harness.Record]:
