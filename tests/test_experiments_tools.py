@@ -12,7 +12,7 @@ import torch
 
 from test_experiments_fakes import result_dict, store_record
 from torchliquid.experiments.commands import add_matrix_arguments, add_matrix_parser, run_matrix_command
-from torchliquid.experiments.profiling import profile_steps
+from torchliquid.monitor.profiling import profile_steps
 from torchliquid.experiments.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]

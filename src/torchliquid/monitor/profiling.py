@@ -1,8 +1,8 @@
 """Profile a few training steps with cProfile or torch.profiler.
 
-Self-contained on purpose (standard library + torch, no torchliquid imports) so the trainer can
-use it without importing ``torchliquid.experiments``; it is meant to move to
-``torchliquid/monitor/profiling.py`` (or ``train/``) unchanged.
+Self-contained on purpose (standard library + torch, no torchliquid imports): it lives in
+``monitor`` so that ``torchliquid train --profile`` can use it without the training side importing
+``torchliquid.experiments`` (see tests/test_layering.py).
 
 Usage from a trainer::
 
