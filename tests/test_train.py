@@ -75,7 +75,7 @@ def test_loss_decreases_on_learnable_task(tmp_path, task):
 def test_run_files_follow_the_schema(tmp_path, task, metrics):
     trainer, result = train(tmp_path, task, epochs=3)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["checkpoint.pt", CONFIG, METRICS, RESULT])  # and no temporary files left behind
+        ["checkpoint.pt", "checkpoint.prev.pt", CONFIG, METRICS, RESULT])  # and no temporary files
 
     with open(tmp_path / METRICS, newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "nccl", "gloo")
+LR_SCALINGS = ("linear", "none")
 WIRINGS = ("autoncp", "fc")
 
 # How each model is built when --wiring is not given, as in the study: CfC(inputs, units,
@@ -40,15 +42,28 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training split (0 only evaluates). Study: 50.
-        batch_size: training sequences per optimiser step. Study: 64 to 2048 by task.
-        lr: Adam learning rate. Study: 1e-3.
+        batch_size: training sequences per optimiser step and per process (the global batch
+            is ``batch_size * world_size``). Study: 64 to 2048 by task.
+        lr: Adam learning rate for one process. Study: 1e-3.
+        lr_scaling: ``"linear"`` multiplies ``lr`` by the number of processes (the study: 1e-3
+            on one device, 2e-3 on two, 4e-3 on four); ``"none"`` uses ``lr`` as given (the
+            experiments runner passes an already scaled lr). See :meth:`scaled_lr`.
         seed: seeds model init (by the caller) and the per-epoch batch permutations.
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"``, or ``"bf16"`` autocast for forward and loss.
         eval_batch_size: sequences per evaluation batch; None means ``batch_size``.
-        threads: intra-op CPU threads; None means every available core.
+        threads: intra-op CPU threads; None means every available core, split between the
+            processes of a node.
+        backend: process-group backend under torchrun: ``"auto"`` (NCCL on CUDA, Gloo on
+            CPU), ``"nccl"`` or ``"gloo"``. Unused in a single process.
         checkpoint_every: write ``checkpoint.pt`` every this many epochs (and always after the
-            last); 0 disables checkpoints.
+            last); 0 disables the end-of-epoch checkpoints.
+        checkpoint_steps: also write one every this many optimiser steps (global step count)
+            inside an epoch, so a crash loses at most that many steps; 0 disables.
+        monitor_interval: seconds between hardware samples (GPU via NVML, host via psutil)
+            during training; 0 disables monitoring.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (bitwise repeatable runs
+            for a fixed thread count and device, possibly slower on CUDA).
         finite_check_every: check the training loss for NaN/Inf every this many steps. Each
             check is one host sync; 1 stops at the exact step that went bad.
         quiet: print nothing except errors.
@@ -67,6 +82,11 @@ class TrainConfig:
     finite_check_every: int = 1
     quiet: bool = False
     log_every: int = 1
+    lr_scaling: str = "none"
+    backend: str = "auto"
+    checkpoint_steps: int = 0
+    monitor_interval: float = 0.0
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 0, "use --epochs 0 to only evaluate")
@@ -86,12 +106,27 @@ class TrainConfig:
         self.lr = float(self.lr)
         _check_choice("device", self.device, DEVICES)
         _check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.quiet, bool):
-            raise TypeError(f"quiet must be a bool, got {type(self.quiet).__name__}")
+        _check_choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_int("checkpoint_steps", self.checkpoint_steps, 0, "0 checkpoints only per epoch")
+        interval = self.monitor_interval
+        if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                or not 0 <= interval < float("inf")):
+            raise ValueError(f"monitor_interval must be a number of seconds >= 0 (0 disables "
+                             f"monitoring), got {interval!r}; the study sampled every 0.2 s")
+        self.monitor_interval = float(interval)
+        for name in ("quiet", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
 
     @property
     def eval_batch(self) -> int:
         return self.eval_batch_size or self.batch_size
+
+    def scaled_lr(self, world_size: int) -> float:
+        """The learning rate used with ``world_size`` processes (see ``lr_scaling``)."""
+        _check_int("world_size", world_size, 1, "it counts processes")
+        return self.lr * world_size if self.lr_scaling == "linear" else self.lr
 
 
 @dataclass
@@ -188,9 +223,11 @@ class RunConfig:
 
 
 def study_run(model: str, dataset: str, out_dir: str, **train: Any) -> RunConfig:
-    """The study's set-up: Adam 1e-3, 64 units, 50 epochs, study wiring; ``train`` overrides."""
+    """The study's set-up: Adam 1e-3 scaled linearly with the processes, 64 units, 50 epochs,
+    study wiring, hardware sampled every 0.2 s; ``train`` overrides."""
+    study = {"epochs": 50, "lr": 1e-3, "lr_scaling": "linear", "monitor_interval": 0.2}
     return RunConfig(model=ModelConfig(name=model, units=64), data=DataConfig(name=dataset),
-                     train=TrainConfig(**{"epochs": 50, "lr": 1e-3, **train}), out_dir=out_dir)
+                     train=TrainConfig(**{**study, **train}), out_dir=out_dir)
 
 
 # The demo keeps the study's optimiser and model sizes and shrinks the work. sine is one

@@ -7,13 +7,23 @@ run by default.
 
 Launch:
     one process, CPU or one GPU:   torchliquid train --model cfc --dataset sine
-    one node, 4 GPUs:              torchrun --standalone --nproc_per_node=4 -m torchliquid train ...
-    two nodes:                     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 \
-                                       --rdzv_endpoint=HOST:29500 -m torchliquid train ...
+    one node, 4 GPUs:              torchrun --standalone --nproc-per-node 4 -m torchliquid train ...
+    CPU, 2 processes (Gloo):       torchrun --standalone --nproc-per-node 2 -m torchliquid train \
+                                       --device cpu ...
+    two nodes (run on each):       torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \
+                                       --rdzv-endpoint HOST:29500 --max-restarts 3 \
+                                       -m torchliquid train ...
+    the console script:            torchrun --nproc-per-node 2 --no-python torchliquid train ...
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``
-and ``MASTER_PORT``; :func:`init_distributed` validates them and joins the process group
-(``env://``; NCCL on CUDA, Gloo on CPU).
+and ``MASTER_PORT`` (and ``TORCHELASTIC_RESTART_COUNT``); :func:`init_distributed` validates them
+and joins the process group (``env://``; NCCL on CUDA, Gloo on CPU, or the ``backend`` asked
+for). Under a launcher the group is joined even with one process, so
+``torchrun --nproc-per-node 1 ... --device cuda`` exercises NCCL and ``cuda:LOCAL_RANK``.
+
+Data parallelism is applied from outside the model: :func:`data_parallel` wraps it in
+``DistributedDataParallel`` (parameters broadcast from rank 0 at construction, gradients
+averaged in backward) and returns it unchanged in one process.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "nccl", "gloo")
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -73,23 +84,54 @@ def local_world_size() -> int:
     return _env_int("LOCAL_WORLD_SIZE", 1)
 
 
+def launched() -> bool:
+    """True when a launcher (torchrun) set every process-group variable, even for one process."""
+    return all(os.environ.get(name) for name in _DIST_ENV)
+
+
+def restart_count() -> int:
+    """How many times torchrun's elastic agent restarted this job (0 on the first attempt)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"), or None in a single process."""
+    return str(dist.get_backend()) if is_distributed() else None
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``"auto"`` -> NCCL on CUDA, Gloo on CPU; an explicit choice is checked against the device."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {set(BACKENDS)}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"backend 'nccl' needs CUDA tensors but the device is {device}; use "
+                         "--backend gloo (or auto) on CPU, or --device cuda")
+    return backend
+
+
 def is_main_process() -> bool:
     """True on rank 0, the only process that prints and writes files."""
     return rank() == 0
 
 
-def init_distributed(device: torch.device | str = "cpu") -> bool:
+def init_distributed(device: torch.device | str = "cpu", backend: str = "auto") -> bool:
     """Join the process group described by the environment, if there is one.
 
-    Returns False and does nothing when ``WORLD_SIZE`` is unset or 1. Otherwise checks that
-    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` are present and
-    consistent, selects this rank's GPU on CUDA, and initialises ``env://`` with NCCL (CUDA) or
-    Gloo (CPU). Calling it again after success is a no-op that returns True.
+    Returns False and does nothing in a plain single process (``WORLD_SIZE`` unset or 1 and no
+    launcher). Otherwise checks that ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/
+    ``MASTER_PORT`` are present and consistent, selects this rank's GPU on CUDA, and initialises
+    ``env://`` with ``backend`` (see :func:`resolve_backend`). Calling it again after success is
+    a no-op that returns True.
     """
     if is_distributed():
         return True
     size = _env_int("WORLD_SIZE", 1)
-    if size <= 1:
+    if size < 1:
+        raise ValueError(f"WORLD_SIZE must be >= 1, got {size}; check the launcher")
+    if size == 1 and not launched():
         return False
     missing = [name for name in _DIST_ENV if not os.environ.get(name)]
     if missing:
@@ -100,16 +142,25 @@ def init_distributed(device: torch.device | str = "cpu") -> bool:
     global_rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if not 0 <= global_rank < size:
         raise ValueError(f"RANK must be in [0, {size}), got {global_rank}; check the launcher")
+    if not 0 <= local < local_world_size() and "LOCAL_WORLD_SIZE" in os.environ:
+        raise ValueError(f"LOCAL_RANK must be in [0, LOCAL_WORLD_SIZE={local_world_size()}), "
+                         f"got {local}; check the launcher")
     device = torch.device(device)
+    name = resolve_backend(backend, device)
+    options: dict[str, Any] = {}
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ValueError(
                 f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are visible; "
-                "lower --nproc_per_node to the number of GPUs"
+                "lower --nproc-per-node to the number of GPUs"
             )
         torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            init_method="env://", world_size=size, rank=global_rank)
+        if name == "nccl":
+            # Binds the group to this rank's GPU: NCCL connects eagerly and collectives never
+            # have to guess the device (a wrong guess hangs, two ranks on one GPU).
+            options["device_id"] = torch.device("cuda", local)
+    dist.init_process_group(backend=name, init_method="env://", world_size=size,
+                            rank=global_rank, **options)
     return True
 
 
@@ -129,13 +180,51 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     """Wait for every process (no-op in one process)."""
     if is_distributed():
-        dist.barrier()
+        if backend() == "nccl":  # NCCL's barrier is a collective on this rank's GPU
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (the others pass anything, e.g. None); ``obj`` in one
+    process. Used to share what only rank 0 can see: the run directory's files."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel under a process group, else ``model`` itself.
+
+    DDP broadcasts rank 0's parameters and buffers once, here, and averages gradients during
+    ``backward``. ``broadcast_buffers=False``: the models' buffers are constant wiring masks,
+    equal on every rank after that first broadcast, so re-sending them every forward is waste.
+    """
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False)
 
 
 def pick_device(device: str = "auto") -> torch.device:
     """Resolve ``"auto" | "cpu" | "cuda"`` to a concrete device for this process.
 
-    ``auto`` means CUDA when available, else CPU. Under a multi-process launch each process gets
+    ``auto`` means CUDA when available, else CPU. Under a launcher (torchrun) each process gets
     ``cuda:LOCAL_RANK``.
     """
     if device not in DEVICES:
@@ -148,7 +237,8 @@ def pick_device(device: str = "auto") -> torch.device:
                 "device 'cuda' was requested but torch sees no CUDA GPU "
                 f"(torch {torch.__version__}); use --device cpu or --device auto"
             )
-        return torch.device("cuda", local_rank() if world_size() > 1 else torch.cuda.current_device())
+        under_launcher = world_size() > 1 or launched()
+        return torch.device("cuda", local_rank() if under_launcher else torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -179,6 +269,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic(enabled: bool = True) -> None:
+    """``torch.use_deterministic_algorithms(enabled)``; on CUDA cuBLAS also needs a fixed
+    workspace, which must be set before the first cuBLAS call (so call this early)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -205,5 +303,6 @@ def describe_environment(device: torch.device | str) -> dict[str, Any]:
         "cuda": torch.version.cuda if gpu else None,
         "threads": torch.get_num_threads(),
         "world_size": world_size(),
+        "backend": backend(),
         "hostname": socket.gethostname(),
     }

@@ -9,18 +9,21 @@
 
 from torchliquid.config import TrainConfig
 from torchliquid.train.batches import EpochBatches, Split, TrainData, eval_slices
-from torchliquid.train.checkpoint import (CheckpointError, load_checkpoint, save_checkpoint,
+from torchliquid.train.checkpoint import (CheckpointError, CheckpointFallbackWarning,
+                                          load_checkpoint, load_first_good, save_checkpoint,
                                           write_csv, write_json)
 from torchliquid.train.evaluate import evaluate_checkpoint, load_run, recorded_result
 from torchliquid.train.loop import (NonFiniteLossError, Trainer, count_parameters,
                                     evaluate_split, fit)
-from torchliquid.train.records import CHECKPOINT, CONFIG, METRICS, RESULT, metric_columns
+from torchliquid.train.records import (CHECKPOINT, CONFIG, METRICS, PREVIOUS_CHECKPOINT, RESULT,
+                                       metric_columns, samples_name)
 from torchliquid.train.tasks import TASKS, Task, get_task
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "METRICS", "RESULT", "TASKS", "CheckpointError", "EpochBatches",
-    "NonFiniteLossError", "Split", "Task", "TrainConfig", "TrainData", "Trainer",
-    "count_parameters", "eval_slices", "evaluate_checkpoint", "evaluate_split", "fit",
-    "get_task", "load_checkpoint", "load_run", "metric_columns", "recorded_result",
+    "CHECKPOINT", "CONFIG", "METRICS", "PREVIOUS_CHECKPOINT", "RESULT", "TASKS",
+    "CheckpointError", "CheckpointFallbackWarning", "EpochBatches", "NonFiniteLossError", "Split",
+    "Task", "TrainConfig", "TrainData", "Trainer", "count_parameters", "eval_slices",
+    "evaluate_checkpoint", "evaluate_split", "fit", "get_task", "load_checkpoint",
+    "load_first_good", "load_run", "metric_columns", "recorded_result", "samples_name",
     "save_checkpoint", "write_csv", "write_json",
 ]

@@ -132,8 +132,15 @@ class EpochBatches:
         return order[self.rank : total : self.world_size]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[torch.Tensor]:
+        """This epoch's batches from batch ``start`` on (a run resumed mid-epoch skips the
+        batches its checkpoint already trained on)."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}] batches, got {start}")
         idx = self.indices().to(self.device, non_blocking=True)  # one copy per epoch
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             yield idx[i * self.batch_size : (i + 1) * self.batch_size]
 
     def state_dict(self) -> dict[str, int]:

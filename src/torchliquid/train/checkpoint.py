@@ -14,6 +14,10 @@ The checksum is computed from the values (keys, types, tensor dtype/shape/bytes)
 pickled bytes, so it is stable across torch versions and catches a file that unpickles fine but
 whose numbers were damaged. A truncated or foreign file fails to load; both cases raise
 :class:`CheckpointError` naming the file.
+
+Saving with ``previous=`` keeps the file being replaced as that path (``checkpoint.prev.pt``), so
+a run always has one more complete checkpoint to fall back on; :func:`load_first_good` reads the
+newest that verifies and warns, naming the file, about each one it skipped.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -37,7 +42,12 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or not ours; the message names the file."""
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
+class CheckpointFallbackWarning(UserWarning):
+    """A checkpoint could not be used and an older one was loaded instead."""
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str,
+                  before_replace: Callable[[], None] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,6 +56,8 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: s
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_replace is not None:  # the new file is complete on disk before anything moves
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -107,13 +119,24 @@ def payload_sha256(payload: Any) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Atomically write ``payload`` with its checksum to ``path``; returns the path."""
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any],
+                    previous: str | os.PathLike | None = None) -> Path:
+    """Atomically write ``payload`` with its checksum to ``path``; returns the path.
+
+    With ``previous``, an existing ``path`` is first moved there (after the new file is fully
+    written), so at every instant at least one complete checkpoint exists under either name.
+    """
     blob = {"format": FORMAT, "format_version": FORMAT_VERSION, "payload": dict(payload),
             "sha256": payload_sha256(dict(payload))}
     buffer = io.BytesIO()
     torch.save(blob, buffer)  # serialise first so a failure leaves no temporary file behind
-    return _atomic_write(path, lambda fh: fh.write(buffer.getbuffer()), "wb")
+    path = Path(path)
+
+    def keep_previous() -> None:
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+
+    return _atomic_write(path, lambda fh: fh.write(buffer.getbuffer()), "wb", keep_previous)
 
 
 def load_checkpoint(path: str | os.PathLike,
@@ -147,3 +170,27 @@ def load_checkpoint(path: str | os.PathLike,
         raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 checksum does not "
                               "match its contents; retrain, or restore it from a copy")
     return payload
+
+
+def load_first_good(paths: Sequence[str | os.PathLike],
+                    map_location: str | torch.device | None = "cpu") -> tuple[dict[str, Any], Path]:
+    """The payload of the first of ``paths`` (newest first) that loads and verifies, and its path.
+
+    Each file skipped because it is truncated or corrupt gives a
+    :class:`CheckpointFallbackWarning` naming it; a missing file is skipped silently.
+
+    Raises:
+        CheckpointError: no file loads (the message names every file and why).
+    """
+    problems = []
+    for path in map(Path, paths):
+        if not path.exists():
+            problems.append(f"{path} does not exist")
+            continue
+        try:
+            return load_checkpoint(path, map_location), path
+        except CheckpointError as e:
+            problems.append(str(e))
+            warnings.warn(f"skipping checkpoint {path}: {e}; trying an older one",
+                          CheckpointFallbackWarning, stacklevel=2)
+    raise CheckpointError("no usable checkpoint: " + "; ".join(problems))

@@ -8,8 +8,13 @@ Run directory layout (all written atomically)::
     config.json   everything needed to rerun: run_info from the caller (model spec, dataset,
                   resolved RunConfig, command line), the task, the TrainConfig, versions
     metrics.csv   one row per epoch (see METRIC_COLUMNS)
-    result.json   pre/post-training test metrics, timing, params, environment
-    checkpoint.pt the trainer's state_dict plus run_info (see train.checkpoint)
+    result.json   pre/post-training test metrics, timing, params, environment, world size,
+                  backend, and the hardware monitor's summary (merged over ranks under DDP)
+    checkpoint.pt the trainer's state_dict plus run_info (see train.checkpoint), written by
+                  rank 0 every epoch and every ``checkpoint_steps`` steps
+    checkpoint.prev.pt  the checkpoint before it, the fallback when the newest is damaged
+    samples.csv   the monitor's raw series (``samples.rank{r}.csv``, one per rank, under DDP;
+                  written by each rank)
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ import torch
 from torchliquid.train.checkpoint import save_checkpoint, write_csv, write_json
 
 CONFIG, METRICS, RESULT, CHECKPOINT = "config.json", "metrics.csv", "result.json", "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+
+
+def samples_name(rank: int, world_size: int) -> str:
+    """The monitor's samples file of ``rank``: one file per rank when there are several."""
+    return "samples.csv" if world_size == 1 else f"samples.rank{rank}.csv"
 
 
 def versions() -> dict[str, str]:
@@ -73,7 +84,8 @@ class RunFiles:
         write_json(self.dir / RESULT, result)
 
     def save_checkpoint(self, payload: Mapping[str, Any]) -> Path | None:
-        return save_checkpoint(self.dir / CHECKPOINT, payload)
+        return save_checkpoint(self.dir / CHECKPOINT, payload,
+                               previous=self.dir / PREVIOUS_CHECKPOINT)
 
 
 class NullRunFiles(RunFiles):
