@@ -116,7 +116,7 @@ def test_resume_extends_a_run_and_refuses_changed_arguments(capsys, tmp_path):
 
 def test_demo_prints_a_side_by_side_table(capsys, tmp_path, monkeypatch):
     # The real demo also trains on power (minutes of CPU); the table logic is the same for sine.
-    def sine_only(root, epochs=None, quiet=False, device="auto"):
+    def sine_only(root, epochs=None, quiet=False, device="auto", threads=None):
         return [study_run(m, "sine", f"{root}/{m}-sine", epochs=epochs, batch_size=1, quiet=quiet,
                           device="cpu") for m in ("cfc", "ltc")]
 

@@ -70,6 +70,13 @@ def test_threads_use_every_core_split_between_local_processes(clean_env):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("load,cores,want", [(0.0, 2, 2), (0.6, 2, 1), (3.2, 2, 1), (1.4, 8, 7)])
+def test_idle_cores_subtract_the_load_and_keep_one(monkeypatch, load, cores, want):
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(runtime, "available_cores", lambda: cores)
+    assert runtime.idle_cores() == want
+
+
 def test_environment_record_is_json(clean_env):
     env = runtime.describe_environment("cpu")
     assert json.loads(json.dumps(env)) == env

@@ -242,7 +242,7 @@ DEMO_BATCH = {"sine": 1, "power": 64}
 
 
 def demo_runs(root: str = "runs/demo", epochs: Optional[int] = None, quiet: bool = False,
-              device: str = "auto") -> list[RunConfig]:
+              device: str = "auto", threads: Optional[int] = None) -> list[RunConfig]:
     """The runs of ``torchliquid demo``: CfC and LTC on sine and a power subset.
 
     ``epochs`` overrides every run's epochs. Each run prints about five progress lines and
@@ -254,6 +254,7 @@ def demo_runs(root: str = "runs/demo", epochs: Optional[int] = None, quiet: bool
         for model in DEMO_MODELS:
             run = study_run(model, dataset, f"{root}/{model}-{dataset}", epochs=n,
                             batch_size=DEMO_BATCH[dataset], quiet=quiet, device=device,
+                            threads=threads,
                             log_every=max(1, n // 5), checkpoint_every=max(1, n // 5))
             if dataset == "power":
                 run.data.max_windows = DEMO_POWER_WINDOWS

@@ -83,7 +83,7 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     device = runtime.pick_device(cfg.device)
     runtime.init_distributed(device)
     say(f"device {device}, {threads} intra-op thread{'s' * (threads != 1)} "
-        f"(of {runtime.available_cores()} cores)", quiet)
+        f"(of {runtime.available_cores()} cores; --threads to change)", quiet)
     splits = splits if splits is not None else load_splits(run.data, quiet)
     say(f"data: {splits.describe()}", quiet)
     runtime.seed_all(cfg.seed)
@@ -158,10 +158,13 @@ def demo(root: str = "runs/demo", epochs: int | None = None, quiet: bool = False
     """Train CfC and LTC on sine and a power subset (see ``config.demo_runs``), print a table.
 
     The table is printed even when ``quiet`` (it is the demo's output); ``quiet`` silences the
-    per-epoch progress. Rows are also written to ``root/summary.json``.
+    per-epoch progress. Rows are also written to ``root/summary.json``. Unlike ``train``, which
+    uses every core, the demo uses the cores that are idle when it starts
+    (:func:`runtime.idle_cores`), so that it stays quick on a machine busy with other work.
     """
     rows, loaded = [], {}
-    for run in demo_runs(root, epochs=epochs, quiet=quiet, device=device):
+    threads = runtime.idle_cores()
+    for run in demo_runs(root, epochs=epochs, quiet=quiet, device=device, threads=threads):
         key = (run.data.name, run.data.max_windows)
         if key not in loaded:
             say(f"loading {run.data.name}" + (f" (first {run.data.max_windows} windows per split)"
