@@ -7,26 +7,36 @@ model from a JSON spec, ``train`` trains it. The CLI parses arguments, builds a
     from torchliquid.config import study_run
     from torchliquid.workflow import train_run
     result = train_run(study_run("cfc", "traffic", "runs/cfc-traffic", epochs=2))
+
+Under torchrun every process runs :func:`train_run`; the run directory is rank 0's (it alone
+reads an existing checkpoint and sends it to the others, so nodes need no shared disk).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from torchliquid import runtime
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
-from torchliquid.data import load_dataset
+from torchliquid.data import get_dataset, load_dataset
 from torchliquid.nn import build_model, constrain_after_step
-from torchliquid.train import (CHECKPOINT, Trainer, TrainData, count_parameters, evaluate_checkpoint,
+from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT, Trainer,
+                               TrainData, count_parameters, evaluate_checkpoint, load_first_good,
                                load_run, recorded_result, write_json)
+from torchliquid.train.loop import model_output
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.
 RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "checkpoint_every",
-                     "finite_check_every"}
+                     "finite_check_every", "checkpoint_steps", "monitor_interval", "backend",
+                     "deterministic"}
+PREDICTIONS_SINE = "predictions_sine.npz"
 
 
 def say(message: str, quiet: bool = False) -> None:
@@ -60,55 +70,127 @@ def dataset_info(data: DataConfig, splits: Any) -> dict[str, Any]:
 
 
 def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
-              splits: Any = None, command: Sequence[str] | None = None) -> dict[str, Any]:
+              splits: Any = None, command: Sequence[str] | None = None,
+              profile: str | None = None, profile_steps: int = 20,
+              profile_warmup: int = 5) -> dict[str, Any]:
     """Load the data, build the model as the study did, train it into ``run.out_dir``.
 
     Args:
         run: the resolved configuration.
-        resume: continue from ``run.out_dir/checkpoint.pt`` (only ``epochs`` and the logging,
-            device and checkpoint settings may differ from the recorded run).
-        overwrite: replace a run already in ``run.out_dir``; without it (or ``resume``) an
-            existing run is an error, so a finished run is never lost by accident.
+        resume: continue from the run's last good checkpoint (only ``epochs`` and the logging,
+            device, monitor and checkpoint settings may differ from the recorded run).
+            Resuming is also automatic when torchrun restarted the job
+            (``TORCHELASTIC_RESTART_COUNT`` > 0) or when ``run.out_dir`` holds a checkpoint of
+            the same configuration; a different run there is an error unless ``overwrite``.
+        overwrite: replace a run already in ``run.out_dir``, so a finished run is never lost by
+            accident.
         splits: already loaded splits for ``run.data`` (the demo loads each dataset once).
         command: the command line, recorded in config.json.
+        profile: ``"cprofile"`` or ``"torch"``: instead of training, run ``profile_warmup`` then
+            ``profile_steps`` training steps under that profiler and write its tables to
+            ``run.out_dir/profile/`` (see :mod:`torchliquid.monitor.profiling`).
 
-    Returns the dict written to ``result.json``.
+    Returns the dict written to ``result.json`` (with ``profile``: the profiler's summary).
     """
     cfg, quiet = run.train, run.train.quiet
-    existing = Path(run.out_dir) / CHECKPOINT
-    if existing.exists() and not (resume or overwrite):
-        raise ValueError(f"{run.out_dir} already holds a run ({existing}); pass --resume to "
-                         "continue it, --overwrite to replace it, or choose another --out")
+    if cfg.deterministic:
+        runtime.set_deterministic(True)
     threads = runtime.set_threads(cfg.threads)
     device = runtime.pick_device(cfg.device)
-    runtime.init_distributed(device)
-    say(f"device {device}, {threads} intra-op thread{'s' * (threads != 1)} "
-        f"(of {runtime.available_cores()} cores; --threads to change)", quiet)
+    runtime.init_distributed(device, cfg.backend)
+    world, local = runtime.world_size(), runtime.local_world_size()
+    say(f"device {device}, {threads} intra-op thread{'s' * (threads != 1)} per process "
+        f"({runtime.available_cores()} cores" + (f" / {local} processes on this node"
+                                                 if local > 1 else "")
+        + "; --threads to change)", quiet)
+    if runtime.is_distributed():
+        say(f"data parallel: {world} process{'es' * (world != 1)}, backend "
+            f"{runtime.backend()}, restart {runtime.restart_count()}", quiet)
+    say(f"batch {cfg.batch_size} per process x {world} = global batch {cfg.batch_size * world}; "
+        f"lr {cfg.lr:g}" + (f" x {world} = {cfg.scaled_lr(world):g} (--lr-scaling linear)"
+                            if cfg.lr_scaling == "linear" and world > 1 else ""), quiet)
+    found = None if profile else _existing_run(run, resume, overwrite)
     splits = splits if splits is not None else load_splits(run.data, quiet)
     say(f"data: {splits.describe()}", quiet)
     runtime.seed_all(cfg.seed)
     spec = model_spec(run.model, splits)
     model = build_from_spec(spec).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.scaled_lr(world))
     constrain_after_step(optimizer, model)
     say(f"model: {run.model.name} {json.dumps({k: v for k, v in spec.items() if k != 'name'})}, "
         f"{count_parameters(model):,} trainable parameters", quiet)
     run_info = {"model": spec, "dataset": dataset_info(run.data, splits),
                 "normalization": splits.normalization, "run": run.to_dict(),
                 "command": list(command) if command is not None else None}
+    before = _sine_predictions(model, splits, device) if run.data.name == "sine" else None
     trainer = Trainer(model, TrainData.from_splits(splits, device), splits.task, cfg,
                       optimizer=optimizer, out_dir=run.out_dir, run_info=run_info)
-    if resume:
-        payload, recorded = load_run(run.out_dir)
+    if found is not None:
+        payload, recorded, path = found
         _check_resumable(run, run_info, recorded)
         trainer.load_state_dict(payload["trainer"])
-        say(f"resuming {run.out_dir} after epoch {trainer.epoch}", quiet)
+        at = trainer.position
+        say(f"resuming {run.out_dir} from {path.name}: epoch {trainer.epoch} done"
+            + (f", {at['batch']} batches into epoch {at['epoch']}" if at else "")
+            + f" (global step {trainer.step})", quiet)
+    if profile:
+        return _profile(trainer, run, profile, profile_steps, profile_warmup, quiet)
     result = trainer.fit()
+    if before is not None and runtime.is_main_process():
+        after = _sine_predictions(model, splits, device)
+        _write_npz(Path(run.out_dir) / PREDICTIONS_SINE, target=splits.test.y.numpy(),
+                   before=before, after=after, t=get_dataset("sine").times().astype(np.float32))
     say(f"run files in {run.out_dir}/", quiet)
     return result
 
 
-def _check_resumable(run: RunConfig, new: Mapping[str, Any], old: Mapping[str, Any]) -> None:
+def _existing_run(run: RunConfig, resume: bool, overwrite: bool) -> tuple | None:
+    """``(payload, run_info, path)`` of the checkpoint to resume from, or None to start afresh.
+
+    Rank 0 looks at the run directory and sends what it found to every rank, errors included,
+    so all processes resume, start or fail together.
+    """
+    found: Any = None
+    if runtime.is_main_process():
+        try:
+            found = ("ok", _read_existing(run, resume, overwrite))
+        except (ValueError, OSError) as e:
+            found = ("error", e)
+    status, value = runtime.broadcast_object(found)
+    if status == "error":
+        raise value
+    return value
+
+
+def _read_existing(run: RunConfig, resume: bool, overwrite: bool) -> tuple | None:
+    out = Path(run.out_dir)
+    paths = [out / CHECKPOINT, out / PREVIOUS_CHECKPOINT]
+    if overwrite:
+        for stale in [*paths, out / RESULT, out / METRICS, out / PREDICTIONS_SINE,
+                      *out.glob("samples*.csv")]:
+            stale.unlink(missing_ok=True)  # a new run must not fall back on the old one's files
+        return None
+    restarted = runtime.restart_count() > 0
+    if not any(p.exists() for p in paths):
+        if resume:
+            raise ValueError(f"--resume: {run.out_dir} holds no checkpoint ({paths[0]}); "
+                             "train without --resume to start the run")
+        return None  # also after a restart that crashed before the first checkpoint
+    payload, path = load_first_good(paths)
+    try:
+        recorded = json.loads(payload["run_info"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"checkpoint {path} lacks a readable run_info; it was not written by "
+                         "torchliquid's Trainer; choose another --out") from None
+    if not (resume or restarted) and _differences(run, recorded):
+        raise ValueError(f"{run.out_dir} already holds a run ({path}) of another configuration "
+                         f"({', '.join(_differences(run, recorded))} differ); pass --resume to "
+                         "continue it, --overwrite to replace it, or choose another --out")
+    return payload, recorded, path
+
+
+def _differences(run: RunConfig, old: Mapping[str, Any]) -> list[str]:
+    """What of ``run`` differs from the recorded run ``old`` beyond RESUMABLE_CHANGES."""
     old_run = RunConfig.from_dict(old["run"])
     differ = [f"model.{k}" for k in ("name", "units", "wiring", "kwargs")
               if getattr(old_run.model, k) != getattr(run.model, k)]
@@ -116,12 +198,61 @@ def _check_resumable(run: RunConfig, new: Mapping[str, Any], old: Mapping[str, A
                if getattr(old_run.data, k) != getattr(run.data, k)]
     differ += [f"train.{k}" for k, v in vars(run.train).items()
                if k not in RESUMABLE_CHANGES and getattr(old_run.train, k) != v]
+    if old.get("world_size", 1) != runtime.world_size():
+        differ.append(f"the number of processes (checkpoint: {old.get('world_size', 1)}, now: "
+                      f"{runtime.world_size()})")
+    return differ
+
+
+def _check_resumable(run: RunConfig, new: Mapping[str, Any], old: Mapping[str, Any]) -> None:
+    differ = _differences(run, old)
     if json.loads(json.dumps(new["normalization"])) != old.get("normalization"):
         differ.append("normalization statistics (the data files changed)")
     if differ:
         raise ValueError(f"cannot resume {run.out_dir}: {', '.join(differ)} differ from the "
                          "checkpoint; repeat the original arguments (only --epochs and logging/"
                          "device options may change) or choose a new --out")
+
+
+@torch.no_grad()
+def _sine_predictions(model: torch.nn.Module, splits: Any, device: torch.device) -> np.ndarray:
+    """The model's (N, T, C) float32 output on the test split (for predictions_sine.npz)."""
+    model.eval()
+    out = model_output(model, torch.as_tensor(splits.test.x).to(device))
+    return out.float().cpu().numpy()
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)  # readers (the matrix report) never see half a file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _profile(trainer: Trainer, run: RunConfig, kind: str, steps: int, warmup: int,
+             quiet: bool) -> dict[str, Any]:
+    """Time ``warmup`` + ``steps`` training steps under a profiler (rank 0; the other ranks run
+    the same steps unprofiled, as DDP needs every rank in each step's all-reduce)."""
+    from torchliquid.monitor.profiling import profile_steps
+
+    step = trainer.step_function()
+    info = None
+    if runtime.is_main_process():
+        info = profile_steps(step, kind=kind, warmup=warmup, steps=steps,
+                             out_dir=Path(run.out_dir) / "profile")
+        say(f"profile ({kind}): {steps} steps after {warmup} warm-up, "
+            f"{info['seconds_per_step'] * 1e3:.2f} ms/step; tables in "
+            f"{', '.join(info['files'].values())}", quiet)
+    else:
+        for _ in range(warmup + steps):
+            step()
+    runtime.barrier()
+    return {"profile": info}
 
 
 def evaluate_run(run_dir: str | Path, device: str | None = None,
