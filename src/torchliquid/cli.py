@@ -68,17 +68,45 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep at most N windows per split (quick runs)")
     p.add_argument("--no-download", action="store_true", help="never download from UCI")
     p.add_argument("--eval-batch-size", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs; 0 disables")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: the cores, split between the "
+                        "processes torchrun starts on this node)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimiser steps inside epochs, so a crash "
+                        "loses at most that many (default 0: only at epoch ends)")
+    p.add_argument("--checkpoint-epochs", type=int, default=1, metavar="N",
+                   help="checkpoint every N epochs and after the last (default 1; 0: only the "
+                        "--checkpoint-every ones)")
     p.add_argument("--log-every", type=int, default=1, help="print every N epochs")
     p.add_argument("--resume", action="store_true",
-                   help="continue --out from its checkpoint.pt (same arguments; --epochs may grow)")
+                   help="continue --out from its last good checkpoint, mid-epoch if it was "
+                        "(same arguments; --epochs may grow). Automatic after a torchrun "
+                        "restart (--max-restarts) and when --out holds the same run")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    dist = p.add_argument_group("many processes (launch with torchrun)")
+    dist.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
+                      help="process-group backend (default auto: NCCL on CUDA, Gloo on CPU)")
+    dist.add_argument("--lr-scaling", choices=["linear", "none"], default="linear",
+                      help="linear (default, the study): lr x number of processes; none: "
+                           "--lr as given")
+    dist.add_argument("--deterministic", action="store_true",
+                      help="torch.use_deterministic_algorithms (bitwise repeatable runs)")
+    perf = p.add_argument_group("monitoring and profiling")
+    perf.add_argument("--monitor-interval", type=float, default=0.2, metavar="SECONDS",
+                      help="sample GPU and host use every SECONDS into samples.csv and "
+                           "result.json (default 0.2, as the study; 0 disables)")
+    perf.add_argument("--profile", choices=["cprofile", "torch"], default=None,
+                      help="instead of training, profile --profile-steps steps after "
+                           "--profile-warmup and write the tables to OUT/profile/")
+    perf.add_argument("--profile-steps", type=int, default=20, help="profiled steps (default 20)")
+    perf.add_argument("--profile-warmup", type=int, default=5,
+                      help="unprofiled steps first (default 5)")
 
 
 @command("train", "train a model on one of the study's datasets", _train_arguments)
 def _train(args: argparse.Namespace) -> int:
+    from torchliquid import runtime
     from torchliquid.config import DataConfig, ModelConfig, RunConfig, TrainConfig
     from torchliquid.workflow import train_run
 
@@ -92,11 +120,36 @@ def _train(args: argparse.Namespace) -> int:
         train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, device=args.device, precision=args.precision,
                           eval_batch_size=args.eval_batch_size, threads=args.threads,
-                          checkpoint_every=args.checkpoint_every, quiet=args.quiet,
-                          log_every=args.log_every),
+                          checkpoint_every=args.checkpoint_epochs, quiet=args.quiet,
+                          log_every=args.log_every, lr_scaling=args.lr_scaling,
+                          backend=args.backend, checkpoint_steps=args.checkpoint_every,
+                          monitor_interval=args.monitor_interval,
+                          deterministic=args.deterministic),
         out_dir=out)
-    train_run(run, resume=args.resume, overwrite=args.overwrite,
-              command=["torchliquid", *args.argv])
+    try:
+        train_run(run, resume=args.resume, overwrite=args.overwrite,
+                  command=["torchliquid", *args.argv], profile=args.profile,
+                  profile_steps=args.profile_steps, profile_warmup=args.profile_warmup)
+    finally:
+        runtime.destroy_distributed()  # leave the process group cleanly (no-op in one process)
+    return 0
+
+
+# -- compare -------------------------------------------------------------------------------------
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories (or their result.json): a 1-process CPU run is the "
+                        "baseline of the runs with the same dataset, model, batch and epochs")
+
+
+@command("compare", "speed-up T_cpu/T_n, efficiency, metric and utilisation of several runs",
+         _compare_arguments)
+def _compare(args: argparse.Namespace) -> int:
+    from torchliquid.workflow import compare_runs
+
+    print(compare_runs(args.runs), flush=True)
     return 0
 
 
@@ -149,6 +202,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- commands implemented elsewhere --------------------------------------------------------------
+
+
+def _register_other_commands() -> None:
+    from torchliquid.experiments.commands import (MATRIX_HELP, add_matrix_arguments,
+                                                  run_matrix_command)
+    from torchliquid.infer.commands import COMMANDS as _INFER_COMMANDS
+
+    for _name, _help, _add_arguments, _run in _INFER_COMMANDS:
+        command(_name, _help, _add_arguments)(_run)
+    command("matrix", MATRIX_HELP, add_matrix_arguments)(run_matrix_command)
+
+
+_register_other_commands()
+
+
+def _export_error() -> type[BaseException]:
+    """infer.export's ExportError, imported only when an exception is being matched."""
+    from torchliquid.infer.export import ExportError
+
+    return ExportError
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 
@@ -178,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except NonFiniteLossError as e:
+        if traceback:
+            raise
+        print(f"torchliquid {args.command}: {e}", file=sys.stderr)
+        return 1
+    except _export_error() as e:  # the exported graph does not reproduce the model
         if traceback:
             raise
         print(f"torchliquid {args.command}: {e}", file=sys.stderr)

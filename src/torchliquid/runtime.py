@@ -159,8 +159,14 @@ def init_distributed(device: torch.device | str = "cpu", backend: str = "auto") 
             # Binds the group to this rank's GPU: NCCL connects eagerly and collectives never
             # have to guess the device (a wrong guess hangs, two ranks on one GPU).
             options["device_id"] = torch.device("cuda", local)
-    dist.init_process_group(backend=name, init_method="env://", world_size=size,
-                            rank=global_rank, **options)
+    # The env:// store outlives a torchrun restart (the agent hosts it), and a restarted
+    # worker would read the dead workers' addresses left in it and fail to connect (seen with
+    # Gloo on torch 2.13) or wait forever. Keys of each attempt get their own prefix, as
+    # torchelastic itself used to do.
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"torchliquid/attempt_{restart_count()}/", store)
+    dist.init_process_group(backend=name, store=store, world_size=size, rank=global_rank,
+                            **options)
     return True
 
 
@@ -209,16 +215,21 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     """``model`` wrapped in DistributedDataParallel under a process group, else ``model`` itself.
 
     DDP broadcasts rank 0's parameters and buffers once, here, and averages gradients during
-    ``backward``. ``broadcast_buffers=False``: the models' buffers are constant wiring masks,
-    equal on every rank after that first broadcast, so re-sending them every forward is waste.
+    ``backward``. Buffers are not re-sent before every forward: the models' buffers are
+    constant wiring masks, equal on every rank (built from the same seed).
     """
     if not is_distributed():
         return model
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
+    # torch 2.13 renamed the per-forward switch (the old name now warns); older torch has only it.
+    no_resync = ({"forward_sync_buffers": False}
+                 if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                 else {"broadcast_buffers": False})
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False)
+        model, device_ids=[device.index] if device.type == "cuda" else None, **no_resync)
 
 
 def pick_device(device: str = "auto") -> torch.device:

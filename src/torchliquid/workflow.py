@@ -335,3 +335,39 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     fmt = lambda line: "  ".join(c.ljust(w) if i < 3 else c.rjust(w)  # noqa: E731
                                  for i, (c, w) in enumerate(zip(line, widths)))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def compare_runs(runs: Sequence[str | Path]) -> str:
+    """``torchliquid compare``: the speed-up table of ``runs`` (run directories or their
+    result.json) from :func:`torchliquid.experiments.speedup_table`, then one line per run with
+    its test metric and the monitor's mean host CPU and GPU utilisation and GPU energy."""
+    from torchliquid.experiments import speedup_table
+    from torchliquid.experiments.tables import device_label, fmt
+
+    loaded = []
+    for run in runs:
+        path = Path(run)
+        loaded.append((str(run), recorded_result(path.parent if path.is_file() else path)))
+    lines = [speedup_table([result for _, result in loaded]).text, ""]
+    header = ["run", "device", "n", "train s", "seq/s", "test metric", "host CPU %",
+              "GPU util %", "GPU energy J"]
+    body = []
+    for name, r in loaded:
+        devices = (r.get("monitor") or {}).get("devices") or {}
+        host = [d.get("cpu_util_pct_mean") for k, d in devices.items() if k.endswith("host")]
+        gpus = [d for k, d in devices.items() if "gpu" in k]
+        util = [d.get("util_pct_mean") for d in gpus if d.get("util_pct_mean") is not None]
+        energy = [d["energy_j"] for d in gpus if d.get("energy_j") is not None]
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        metric = r.get("metric", "loss")
+        body.append([name, device_label(r), str(r.get("world_size", 1)),
+                     fmt(r.get("train_seconds")), fmt(r.get("sequences_per_second")),
+                     f"{metric} {fmt((r.get('post_training') or {}).get(metric))}",
+                     fmt(mean([h for h in host if h is not None]), 3),
+                     fmt(mean(util), 3) if gpus else "no GPU",
+                     fmt(sum(energy)) if energy else "n/a"])
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    fmt_row = lambda row: "  ".join(c.ljust(w) if i in (0, 1, 5) else c.rjust(w)  # noqa: E731
+                                    for i, (c, w) in enumerate(zip(row, widths)))
+    lines += [fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, body)]
+    return "\n".join(lines)
