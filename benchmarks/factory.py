@@ -72,10 +72,10 @@ class FusedCfC(nn.Module):
             torch.cat([h.weight for h in self.heads]), torch.cat([h.bias for h in self.heads]),
         )  # fmt: skip
         if self.implementation == "reference":
-            h_BTU = cfc_fused_variants.cfc_sequence_reference(*args)
-        else:
-            h_BTU = cfc_fused.cfc_sequence(*args, implementation=self.implementation)
-        return self.fc(h_BTU[:, -1])
+            h_BU = cfc_fused_variants.cfc_sequence_reference(*args)[:, -1]
+        else:  # only the last state is used: say so, the backward then skips a (B, T, U) zero grad
+            h_BU = cfc_fused.cfc_sequence(*args, implementation=self.implementation, return_sequences=False)
+        return self.fc(h_BU)
 
 
 class FusedLTC(nn.Module):

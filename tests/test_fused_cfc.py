@@ -117,18 +117,53 @@ def test_batch_and_length_sweep(implementation, B, T):
 @needs_native
 @pytest.mark.parametrize("mode,activation,layers", [("default", "lecun_tanh", 1), ("no_gate", "tanh", 2),
                                                     ("pure", "lecun_tanh", 0), ("default", "gelu", 1)])
-@pytest.mark.parametrize("timed", [False, True])
-def test_python_time_loop_matches_reference(monkeypatch, mode, activation, layers, timed):
+@pytest.mark.parametrize("timed,last", [(False, False), (True, False), (True, True)])
+def test_python_time_loop_matches_reference(monkeypatch, mode, activation, layers, timed, last):
     """Without an exported BLAS gemm the C kernels are driven from a Python time loop."""
     monkeypatch.setattr(native, "gemm_pointer", lambda dtype: None)
+    assert not cfc_fused._Plan(mode, activation, layers, True, 4, torch.float32, False).c_loop
     _, cell = _model(mode, activation, layers)
     params = _cell_params(cell)
     x = torch.randn(4, 5, 4, requires_grad=True)
     h0 = torch.randn(4, 8, requires_grad=True)
     dt = torch.rand(4, 5, 1) + 0.25 if timed else None
-    ref, ref_grads = _run(cfc_fused_variants.cfc_sequence_reference, x, h0, dt, params, activation)
-    out, grads = _run(cfc_fused.cfc_sequence, x, h0, dt, params, activation, implementation="function")
+    pick = (lambda h: h[:, -1:]) if last else (lambda h: h)  # noqa: E731
+    ref_fn = lambda *a, **k: pick(cfc_fused_variants.cfc_sequence_reference(*a, **k))  # noqa: E731
+    fused = lambda *a, **k: cfc_fused.cfc_sequence(*a, **k, return_sequences=not last)  # noqa: E731
+    ref, ref_grads = _run(ref_fn, x, h0, dt, params, activation)
+    out, grads = _run(fused, x, h0, dt, params, activation, implementation="function")
+    _assert_close(out.view_as(ref), ref, grads, ref_grads)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode,timed", [("default", False), ("no_gate", True), ("pure", True)])
+def test_return_last_state_only(implementation, mode, timed):
+    """return_sequences=False: h_T only, and a backward that feeds the last step alone."""
+    _, cell = _model(mode, "lecun_tanh", 1)
+    params = _cell_params(cell)
+    x = torch.randn(3, 6, 4, requires_grad=True)
+    h0 = torch.randn(3, 8, requires_grad=True)
+    dt = torch.rand(3, 6, 1) + 0.25 if timed else None
+    last = lambda *a, **k: cfc_fused_variants.cfc_sequence_reference(*a, **k)[:, -1:]  # noqa: E731
+    ref, ref_grads = _run(last, x, h0, dt, params, "lecun_tanh")
+    fused = lambda *a, **k: cfc_fused.cfc_sequence(*a, **k, return_sequences=False).unsqueeze(1)  # noqa: E731
+    out, grads = _run(fused, x, h0, dt, params, "lecun_tanh", implementation=implementation)
     _assert_close(out, ref, grads, ref_grads)
+
+
+def test_gradient_with_time_major_strides():
+    """The C backward reads dL/dh in place with its strides (here a transposed (T, B, U) grad)."""
+    _, cell = _model("default", "lecun_tanh", 1)
+    params = _cell_params(cell)
+    x = torch.randn(3, 5, 4)
+    weights_TBU = torch.randn(5, 3, 8)
+    grads = []
+    for fn in (cfc_fused.cfc_sequence, cfc_fused_variants.cfc_sequence_reference):
+        out = fn(x, torch.zeros(3, 8), None, **params)
+        leaves = list(_leaves(params))
+        grads.append(torch.autograd.grad((out.transpose(0, 1) * weights_TBU).sum(), leaves))
+    for g, r in zip(*grads):
+        assert (g - r).abs().max().item() < 1e-4 * (r.abs().max().item() + 1e-30)
 
 
 @pytest.mark.parametrize("mode", ["default", "no_gate", "pure"])

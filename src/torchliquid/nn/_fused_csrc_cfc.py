@@ -165,17 +165,18 @@ void cfc_tail_fwd_SFX(int64_t B, int64_t U, int mode, const REAL* heads, int64_t
     }
 }
 
-/* g = g_carry + g_out (g_out may be NULL); writes g_heads[B][4U] (pure: [B][U] in column block 0)
+/* g = g_carry + g_out (g_out may be NULL; row b at g_out + b * g_out_stride); writes g_heads[B][4U]
+   (pure: [B][U] in column block 0)
    and, for pure, adds dL/dA and dL/dw_tau per row into gA[B][U], gw[B][U]. */
 static void tail_bwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, const REAL* acts, const REAL* dt,
                       const REAL* wtau, const REAL* A, const REAL* g_carry, const REAL* g_out,
-                      REAL* g_heads, int64_t gstride, REAL* gA, REAL* gw) {
+                      int64_t g_out_stride, REAL* g_heads, int64_t gstride, REAL* gA, REAL* gw) {
     const int merged = mode & MERGED_GATE;
     mode &= 3;
     for (int64_t b = b_lo; b < b_hi; b++) {
         const REAL* ab = acts + b * 3 * U;
         const REAL* gc = g_carry + b * U;
-        const REAL* go = g_out ? g_out + b * U : gc;
+        const REAL* go = g_out ? g_out + b * g_out_stride : gc;
         REAL* gh = g_heads + b * gstride;
         REAL t = dt ? dt[b] : (REAL)1;
         REAL go_scale = g_out ? (REAL)1 : (REAL)0;
@@ -214,9 +215,10 @@ static void tail_bwd_rows_SFX(int64_t b_lo, int64_t b_hi, int64_t U, int mode, c
 
 void cfc_tail_bwd_SFX(int64_t B, int64_t U, int mode, const REAL* acts, const REAL* dt,
                       const REAL* wtau, const REAL* A, const REAL* g_carry, const REAL* g_out,
-                      REAL* g_heads, int64_t gstride, REAL* gA, REAL* gw) {
+                      int64_t g_out_stride, REAL* g_heads, int64_t gstride, REAL* gA, REAL* gw) {
     if (B * U < PAR_MIN) {
-        tail_bwd_rows_SFX(0, B, U, mode, acts, dt, wtau, A, g_carry, g_out, g_heads, gstride, gA, gw);
+        tail_bwd_rows_SFX(0, B, U, mode, acts, dt, wtau, A, g_carry, g_out, g_out_stride, g_heads,
+                          gstride, gA, gw);
         return;
     }
 #pragma omp parallel
@@ -225,7 +227,8 @@ void cfc_tail_bwd_SFX(int64_t B, int64_t U, int mode, const REAL* acts, const RE
         int64_t chunk = (B + nt - 1) / nt;
         int64_t lo = id * chunk, hi = lo + chunk < B ? lo + chunk : B;
         if (lo < hi)
-            tail_bwd_rows_SFX(lo, hi, U, mode, acts, dt, wtau, A, g_carry, g_out, g_heads, gstride, gA, gw);
+            tail_bwd_rows_SFX(lo, hi, U, mode, acts, dt, wtau, A, g_carry, g_out, g_out_stride,
+                              g_heads, gstride, gA, gw);
     }
 }
 """

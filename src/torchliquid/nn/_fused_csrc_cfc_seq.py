@@ -28,25 +28,33 @@ static void mm_rm_SFX(gemm_SFX_t gemm, int ta, int tb, int64_t M, int64_t N, int
 }
 
 /* Forward over T steps. widths[l] = out_l for backbone layers l < nb, widths[nb] = X (heads).
-   W[l], bias[l] for l <= nb (bias[0] unused: it is inside p0). p0[T][B][O0] = x W_x^T + b_0.
+   W[l], bias[l] for l <= nb. The first layer reads [x_t, h]: from x (rows of x_ld elements,
+   step t at column t * I; x_ld = T * I for a (B, T, I) tensor) with two GEMMs per step, or,
+   when p0 != NULL, from p0[T][B][O0] = x W_x^T + b_0 precomputed by the caller. Per step keeps
+   the GEMM output in cache for the activation; one (B·T, I) x (I, O0) GEMM writing all of p0
+   runs at ~4 GFLOP/s for I = 7 (measured), 8x slower than the per-step pieces.
    Writes ys[l][T][B][H_l], h_out[T][B][U], acts[T][B][3U]; heads is a [B][X] scratch. */
 void cfc_seq_fwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
                      const int64_t* widths, const REAL* const* W, const REAL* const* bias,
-                     const REAL* p0, const REAL* h0, int mode, int act, const REAL* dt,
-                     const REAL* wtau, const REAL* A, REAL* const* ys, REAL* heads, REAL* h_out,
-                     REAL* acts) {
+                     const REAL* p0, const REAL* x, int64_t x_ld, const REAL* h0, int mode,
+                     int act, const REAL* dt, const REAL* wtau, const REAL* A, REAL* const* ys,
+                     REAL* heads, REAL* h_out, REAL* acts) {
     gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
     const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
     for (int64_t t = 0; t < T; t++) {
         const REAL* h = t == 0 ? h0 : h_out + (t - 1) * B * U;
-        const REAL* p0t = p0 + t * B * O0;
-        if (nb == 0) {  /* heads = p0 + h W_h^T */
-            for (int64_t i = 0; i < B * X; i++) heads[i] = p0t[i];
-            mm_rm_SFX(gemm, 0, 1, B, X, U, h, U, W[0] + I, ld0, 1, heads, X);
+        const REAL* p0t = p0 ? p0 + t * B * O0 : NULL;
+        /* first layer pre-activation z = [x_t, h] W_0^T (+ b_0 later, unless inside p0) */
+        REAL* z = nb == 0 ? heads : ys[0] + t * B * O0;
+        if (p0t) {
+            for (int64_t i = 0; i < B * O0; i++) z[i] = p0t[i];
         } else {
-            REAL* y = ys[0] + t * B * O0;
-            mm_rm_SFX(gemm, 0, 1, B, O0, U, h, U, W[0] + I, ld0, 0, y, O0);
-            cfc_act_fwd_SFX(B, O0, act, y, p0t, O0, y);
+            mm_rm_SFX(gemm, 0, 1, B, O0, I, x + t * I, x_ld, W[0], ld0, 0, z, O0);
+        }
+        mm_rm_SFX(gemm, 0, 1, B, O0, U, h, U, W[0] + I, ld0, 1, z, O0);
+        const REAL* b0 = p0t ? NULL : bias[0];
+        if (nb > 0) {
+            cfc_act_fwd_SFX(B, O0, act, z, b0, 0, z);
             for (int64_t l = 1; l < nb; l++) {
                 REAL* yl = ys[l] + t * B * widths[l];
                 mm_rm_SFX(gemm, 0, 1, B, widths[l], widths[l - 1], ys[l - 1] + t * B * widths[l - 1],
@@ -56,25 +64,29 @@ void cfc_seq_fwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I,
             const int64_t Hl = widths[nb - 1];
             mm_rm_SFX(gemm, 0, 1, B, X, Hl, ys[nb - 1] + t * B * Hl, Hl, W[nb], Hl, 0, heads, X);
         }
-        cfc_tail_fwd_SFX(B, U, mode, heads, X, nb == 0 ? NULL : bias[nb], dt ? dt + t * B : NULL,
+        cfc_tail_fwd_SFX(B, U, mode, heads, X, nb == 0 ? b0 : bias[nb], dt ? dt + t * B : NULL,
                          wtau, A, h_out + t * B * U, acts + t * B * 3 * U);
     }
 }
 
-/* Backward over T steps (reversed). g_out[T][B][U] is dL/dh of every step; g_carry[B][U] must
-   be zero on entry and holds dL/dh0 on exit. Writes g_heads[T][B][X] and g_pres[l][T][B][H_l]
-   (the weight gradients are then one GEMM each, outside); gy is a [B][max H] scratch. */
+/* Backward over T steps (reversed). dL/dh of step t, row b, is g_out + t * g_t + b * g_b (so a
+   (B, T, U) gradient needs no transposing copy); with g_last_only, only step T-1 has one (the
+   sequence's last state was the output). g_carry[B][U] must be zero on entry and holds dL/dh0
+   on exit. Writes g_heads[T][B][X] and g_pres[l][T][B][H_l] (the weight gradients are then one
+   GEMM each, outside); gy is a [B][max H] scratch. */
 void cfc_seq_bwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
                      const int64_t* widths, const REAL* const* W, REAL* const* ys,
                      const REAL* acts, int mode, int act, const REAL* dt, const REAL* wtau,
-                     const REAL* A, const REAL* g_out, REAL* g_heads, REAL* const* g_pres,
-                     REAL* g_carry, REAL* gA, REAL* gw, REAL* gy) {
+                     const REAL* A, const REAL* g_out, int64_t g_t, int64_t g_b,
+                     int64_t g_last_only, REAL* g_heads, REAL* const* g_pres, REAL* g_carry,
+                     REAL* gA, REAL* gw, REAL* gy) {
     gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
     const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
     for (int64_t t = T - 1; t >= 0; t--) {
         REAL* gh = g_heads + t * B * X;
+        const REAL* go = g_last_only ? (t == T - 1 ? g_out : NULL) : g_out + t * g_t;
         cfc_tail_bwd_SFX(B, U, mode, acts + t * B * 3 * U, dt ? dt + t * B : NULL, wtau, A,
-                         g_carry, g_out + t * B * U, gh, X, gA, gw);
+                         g_carry, go, g_b, gh, X, gA, gw);
         const REAL* first = gh;
         if (nb > 0) {
             const int64_t Hl = widths[nb - 1];

@@ -141,9 +141,10 @@ _SIGNATURES = {
     "cfc_act_fwd": [_I64, _I64, _INT, _PTR, _PTR, _I64, _PTR],
     "cfc_act_bwd": [_I64, _INT, _PTR, _PTR, _PTR],
     "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 6,
-    "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 7 + [_I64, _PTR, _PTR],
-    "cfc_seq_fwd": [_PTR] + [_I64] * 5 + [_PTR] * 5 + [_INT, _INT] + [_PTR] * 7,
-    "cfc_seq_bwd": [_PTR] + [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 10,
+    "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 6 + [_I64, _PTR, _I64, _PTR, _PTR],
+    "cfc_seq_fwd": [_PTR] + [_I64] * 5 + [_PTR] * 5 + [_I64, _PTR, _INT, _INT] + [_PTR] * 7,
+    "cfc_seq_bwd": [_PTR] + [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 4 + [_I64] * 3
+    + [_PTR] * 6,
 }
 _fns: dict[tuple[str, torch.dtype], Any] = {}
 
@@ -326,7 +327,7 @@ def cfc_tail_backward(
     B, U = g_carry_BU.shape
     _fn("cfc_tail_bwd", g_carry_BU.dtype)(
         ctypes.c_int64(B), ctypes.c_int64(U), ctypes.c_int(mode), _p(acts_B3U), _opt(dt_B),
-        _opt(w_tau_U), _opt(a_U), _p(g_carry_BU), _opt(g_out_BU), _p(g_heads_BX),
+        _opt(w_tau_U), _opt(a_U), _p(g_carry_BU), _opt(g_out_BU), ctypes.c_int64(U), _p(g_heads_BX),
         ctypes.c_int64(g_heads_BX.stride(0)), _opt(g_a_BU), _opt(g_w_BU),
     )  # fmt: skip
 
@@ -361,30 +362,38 @@ def _ptrs(tensors) -> Any:
     return (ctypes.c_void_p * max(1, len(tensors)))(*[0 if t is None else t.data_ptr() for t in tensors])
 
 
-def cfc_seq_forward(mode: int, act: int, I: int, weights, biases, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U,
+def cfc_seq_forward(mode: int, act: int, weights, biases, x_BTI, h0_BU, dt_TB1, w_tau_U, a_U,
                     ys, h_TBU, acts_TB3U) -> None:  # fmt: skip
-    """The whole forward time loop in C (see _fused_csrc_cfc_seq); fills ys, h_TBU, acts_TB3U."""
-    T, B, _ = p0_TBO.shape
+    """The whole forward time loop in C (see _fused_csrc_cfc_seq); fills ys, h_TBU, acts_TB3U.
+
+    x_BTI must be contiguous: step t of row b is read at x + b·T·I + t·I."""
+    B, T, I = x_BTI.shape
     U, nb = h0_BU.shape[1], len(weights) - 1
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
     heads = h0_BU.new_empty(B, weights[-1].shape[0])
     kernel("cfc_seq_fwd", h0_BU.dtype)(
         gemm_pointer(h0_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
-        p0_TBO.data_ptr(), h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value,
+        None, x_BTI.data_ptr(), T * I, h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value,
         _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(), acts_TB3U.data_ptr(),
     )  # fmt: skip
 
 
-def cfc_seq_backward(mode: int, act: int, I: int, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g_TBU,
+def cfc_seq_backward(mode: int, act: int, I: int, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g,
                      g_heads_TBX, g_pres, g_carry_BU, g_a_BU, g_w_BU) -> None:  # fmt: skip
-    """The whole backward time loop in C; fills g_heads_TBX, g_pres and g_carry_BU (= dL/dh0)."""
-    T, B, U = g_TBU.shape
+    """The whole backward time loop in C; fills g_heads_TBX, g_pres and g_carry_BU (= dL/dh0).
+
+    g is dL/d(states) as (B, T, U) (any strides with unit stride on U) or, when only the last
+    state was returned, dL/dh_T as (B, U)."""
+    T, B, _ = g_heads_TBX.shape
+    U = g_carry_BU.shape[1]
     nb = len(weights) - 1
+    last_only = g.dim() == 2
+    g_t, g_b = (0, g.stride(0)) if last_only else (g.stride(1), g.stride(0))
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
-    gy = g_TBU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))
-    kernel("cfc_seq_bwd", g_TBU.dtype)(
-        gemm_pointer(g_TBU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys),
+    gy = g_carry_BU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))
+    kernel("cfc_seq_bwd", g_carry_BU.dtype)(
+        gemm_pointer(g_carry_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys),
         acts_TB3U.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value,
-        g_TBU.data_ptr(), g_heads_TBX.data_ptr(), _ptrs(g_pres), g_carry_BU.data_ptr(),
-        _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(),
+        g.data_ptr(), g_t, g_b, int(last_only), g_heads_TBX.data_ptr(), _ptrs(g_pres),
+        g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(),
     )  # fmt: skip
