@@ -8,7 +8,7 @@ from torch import nn
 
 from ._checks import check_bool, check_choice, check_float, check_int, check_optional_int
 from .cfc_cell import CFC_MODES, CfCCell, WiredCfCCell
-from . import functional
+from . import fast_paths, functional
 from .mixed_memory import LSTMCell
 from .sequence import SequenceLayer
 from .wirings import Wiring
@@ -48,6 +48,31 @@ class CfC(SequenceLayer):
         mode: "default", "pure" or "no_gate".
         activation: backbone activation, "lecun_tanh", "relu", "tanh", "gelu" or "silu".
         backbone_units, backbone_layers, backbone_dropout: None means 128, 1, 0.0 (unwired only).
+        implementation: the time loop's path (also a settable attribute; not saved, a runtime
+            choice): "auto" (default), "reference" (the plain per-step loop, the control) or a
+            kernel of cfc_fused: "function" (hand-written whole-sequence forward/backward; on CPU
+            fp32/fp64 with C element-wise kernels and a C time loop around torch's BLAS),
+            "function-torch" (the same, element-wise parts as torch ops), "jit" (TorchScript
+            loop), "compile" (torch.compile'd step). All equal "reference" (fp32: 1e-5 outputs,
+            1e-4 relative gradients). See ``CfC.IMPLEMENTATIONS``.
+
+    What "auto" runs (``resolve_implementation(x)`` tells):
+
+    ==========================================================  ==============  ================
+    configuration                                               CPU             CUDA / other
+    ==========================================================  ==============  ================
+    dense (every mode, activation, backbone depth, proj_size)   "function"      "function-torch"
+    wired (any wiring; one kernel call per wiring layer)        "function"      "function-torch"
+    mixed_memory=True (LSTM and cell alternate every step)      "reference"     "reference"
+    backbone_dropout > 0 with >= 2 layers, in training mode     "reference"     "reference"
+    under torch.jit.trace / torch.compile / torch.export        "reference"     "reference"
+    ==========================================================  ==============  ================
+
+    "function" on CPU uses its C kernels for fp32/fp64 (torch ops for fp16/bf16 or without a C
+    compiler, TORCHLIQUID_NATIVE=0); under autocast the sequence runs in the autocast dtype;
+    timespans that require grad make the kernel run its reference loop (no d/d(dt) in its
+    backward). A kernel named explicitly where "auto" would fall back raises ValueError. The
+    fused backwards are first-order: use "reference" for double backward (create_graph=True).
 
     Example:
         >>> rnn = CfC(20, 50, proj_size=3)
@@ -55,7 +80,14 @@ class CfC(SequenceLayer):
         >>> y, h = rnn(x, timespans=torch.rand(2, 7))
         >>> tuple(y.shape), tuple(h.shape)
         ((2, 7, 3), (2, 50))
+        >>> rnn.resolve_implementation(x)
+        'function'
     """
+
+    # The registry of paths and its choice (fast_paths.py); functions become methods here.
+    IMPLEMENTATIONS = fast_paths.CFC_IMPLEMENTATIONS
+    _coverage_gap = fast_paths.cfc_coverage_gap
+    _auto_implementation = fast_paths.auto_cfc
 
     def __init__(
         self,
@@ -70,6 +102,7 @@ class CfC(SequenceLayer):
         backbone_units: Optional[int] = None,
         backbone_layers: Optional[int] = None,
         backbone_dropout: Optional[float] = None,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         self.input_size = check_int("input_size", input_size, 1)
@@ -126,6 +159,7 @@ class CfC(SequenceLayer):
         self.lstm = LSTMCell(input_size, self.state_size) if self.use_mixed else None
         self.fc = nn.Identity() if proj_size is None else nn.Linear(cell_output_size, proj_size)
         self.output_size = cell_output_size if proj_size is None else proj_size
+        self.implementation = implementation  # last: its check reads use_mixed and the cell
 
     def config(self) -> dict[str, Any]:
         """Every constructor argument as a JSON-serialisable dict with "class" (for save_model)."""

@@ -6,6 +6,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
+from . import fast_paths
 from ._checks import check_bool, check_int
 from .ltc_cell import LTCCell
 from .mixed_memory import LSTMCell
@@ -43,6 +44,28 @@ class LTC(SequenceLayer):
         implicit_param_constraints: True (default, cell and layer alike): softplus keeps cm,
             gleak, w, sensory_w positive. False: raw parameters as ncps; use
             torchliquid.nn.constrain_after_step(optimizer, model) when training.
+        implementation: the time loop's path (also a settable attribute; not saved, a runtime
+            choice): "auto" (default), "reference" (the plain per-step loop, the control) or a
+            backend of ltc_fused: "native" (C kernels, CPU; fp16/bf16 computed in fp32),
+            "torch-sparse" (torch ops over the wiring's synapse list), "torch-dense" (torch ops
+            on masked grids). All equal "reference" (fp32: 1e-5 outputs, 1e-4 relative
+            gradients) and save only O(B·T·U) for the backward. See ``LTC.IMPLEMENTATIONS``.
+
+    What "auto" runs (``resolve_implementation(x)`` tells):
+
+    ===================================================  ===========  ==========================
+    configuration                                        CPU          CUDA / other
+    ===================================================  ===========  ==========================
+    any wiring, mappings, constraints, ode_unfolds,      "native"     "torch-sparse" if the
+    timespans (fp32/fp64; fp16/bf16 run in fp32)                      wiring keeps < 50 % of the
+                                                                      pairs, else "torch-dense"
+    mixed_memory=True (LSTM and cell alternate)          "reference"  "reference"
+    under torch.jit.trace / torch.compile / export       "reference"  "reference"
+    ===================================================  ===========  ==========================
+
+    On CPU without a C compiler (or TORCHLIQUID_NATIVE=0) "auto" takes the torch backends as on
+    CUDA. A backend named explicitly where "auto" would fall back raises ValueError. The fused
+    backwards are first-order: use "reference" for double backward (create_graph=True).
 
     Example:
         >>> from torchliquid.nn.wirings import AutoNCP
@@ -50,7 +73,13 @@ class LTC(SequenceLayer):
         >>> y, h = rnn(torch.randn(2, 7, 20), timespans=0.5)
         >>> tuple(y.shape), tuple(h.shape)
         ((2, 7, 3), (2, 16))
+        >>> rnn.implementation = "reference"          # the plain loop, e.g. to compare
     """
+
+    # The registry of paths and its choice (fast_paths.py); functions become methods here.
+    IMPLEMENTATIONS = fast_paths.LTC_IMPLEMENTATIONS
+    _coverage_gap = fast_paths.ltc_coverage_gap
+    _auto_implementation = fast_paths.auto_ltc
 
     def __init__(
         self,
@@ -64,6 +93,7 @@ class LTC(SequenceLayer):
         ode_unfolds: int = 6,
         epsilon: float = 1e-8,
         implicit_param_constraints: bool = True,
+        implementation: str = "auto",
     ) -> None:
         super().__init__()
         self.input_size = check_int("input_size", input_size, 1)
@@ -91,6 +121,7 @@ class LTC(SequenceLayer):
         self.output_size = self.wiring.output_dim
         self.lstm = LSTMCell(input_size, self.state_size) if self.use_mixed else None
         self.fc = nn.Identity()
+        self.implementation = implementation  # last: its check reads use_mixed
 
     @property
     def motor_size(self) -> int:

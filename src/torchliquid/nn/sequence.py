@@ -9,8 +9,13 @@ canonical form, so the recurrence never sees anything else:
     c_BU     mixed-memory cell state, or None        (B, U)
 
 ``_forward_sequence(x_BTI, dt_BT1, (h_BU, c_BU)) -> (y_BTM, (h_BU, c_BU))`` is the whole-sequence
-recurrence of one layer. The version here is the plain reference loop, one cell step per time
-step; a fused kernel may replace it in a subclass and must equal it (the tests compare them).
+recurrence of one layer, and the single seam where the path is chosen: it runs the runner the
+layer's ``implementation`` names in the class's ``IMPLEMENTATIONS`` registry ("auto" resolved by
+``resolve_implementation``). ``_reference_sequence`` is the plain loop, one cell step per time
+step; every fused runner (fast_paths.py) must equal it (tests/test_nn_fast_paths.py). dt_BT1 is
+None when no timespans were given (dt = 1 everywhere, which lets CfC kernels merge its time gate).
+A layer with return_sequences=False reads only y_BTM[:, -1], so a runner may then return just
+the last step, y_B1M (B, 1, M).
 
 Shape legend (suffixes on names):
     B  batch        T  time steps       I  input features     U  units (state)
@@ -24,13 +29,17 @@ when B == U (field cases A01, A02).
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from ._checks import check_choice
+
 State = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (h_BU, c_BU or None)
 Timespans = Union[None, float, torch.Tensor]
+# runner(layer, x_BTI, dt_BT1 or None, (h_BU, c_BU)) -> (y_BTM, (h_BU, c_BU)), see fast_paths.py
+Runner = Callable[[Any, torch.Tensor, Optional[torch.Tensor], State], Tuple[torch.Tensor, State]]
 
 
 def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
@@ -159,6 +168,14 @@ def canonical_state(
     return (h.unsqueeze(0) if unbatched else h), None
 
 
+def _tracing() -> bool:
+    """True under torch.jit.trace, torch.compile or torch.export, where opaque ctypes calls and
+    hand-written autograd Functions would break or be frozen into the graph; the loop is not."""
+    checks = (torch.jit.is_tracing, getattr(torch.compiler, "is_compiling", None),
+              getattr(torch.compiler, "is_exporting", None))  # fmt: skip
+    return any(check is not None and check() for check in checks)
+
+
 def _autocast_enabled(device_type: str) -> bool:
     try:
         return torch.is_autocast_enabled(device_type)
@@ -173,7 +190,10 @@ class SequenceLayer(nn.Module):
 
     Subclasses set: ``input_size``, ``state_size``, ``output_size``, ``batch_first``,
     ``return_sequences``, ``use_mixed``, ``rnn_cell`` (a cell with ``_step(x_BI, h_BU, dt_B1) ->
-    (y_BM, h_BU)``), ``lstm`` (an LSTMCell or None) and ``fc`` (the readout, Identity or Linear).
+    (y_BM, h_BU)``), ``lstm`` (an LSTMCell or None) and ``fc`` (the readout, Identity or Linear);
+    and, for the choice of path: the ``IMPLEMENTATIONS`` registry (name -> Runner, with
+    "reference"), ``_coverage_gap(dynamic)`` (why the fused runners cannot run this layer, or
+    None) and ``_auto_implementation(x_BTI)`` (the fastest covered runner for this input).
     """
 
     input_size: int
@@ -182,6 +202,53 @@ class SequenceLayer(nn.Module):
     batch_first: bool
     return_sequences: bool
     use_mixed: bool
+    IMPLEMENTATIONS: ClassVar[Mapping[str, Runner]] = {}
+
+    def _coverage_gap(self, dynamic: bool = True) -> Optional[str]:
+        return None
+
+    def _auto_implementation(self, x_BTI: torch.Tensor) -> str:
+        return "reference"
+
+    @property
+    def implementation(self) -> str:
+        """The path of the time loop: "auto", "reference" or a kernel name of IMPLEMENTATIONS.
+
+        A runtime choice, not part of the architecture: settable at any time, not saved by
+        save_model (a loaded model runs "auto"). Setting an unknown name, or a kernel that cannot
+        run this layer (e.g. with mixed memory), raises ValueError.
+        """
+        return self.__dict__.get("_implementation", "auto")  # modules pickled before it existed
+
+    @implementation.setter
+    def implementation(self, name: str) -> None:
+        check_choice("implementation", name, {"auto": None, **self.IMPLEMENTATIONS})
+        self._check_covered(name, dynamic=False)  # training mode may change before forward
+        self.__dict__["_implementation"] = name
+
+    def _check_covered(self, name: str, dynamic: bool) -> None:
+        if name in ("auto", "reference"):
+            return
+        gap = self._coverage_gap(dynamic)
+        if gap is not None:
+            raise ValueError(
+                f"implementation={name!r} cannot run this {type(self).__name__}: {gap}; use "
+                f"implementation='auto' (which runs 'reference' here) or 'reference'"
+            )
+
+    def resolve_implementation(self, x_BTI: torch.Tensor) -> str:
+        """The registry name forward() runs for canonical input x_BTI (B, T, I), never "auto".
+
+        "auto" takes ``_auto_implementation(x_BTI)`` unless the layer has a coverage gap or is
+        being traced/compiled/exported (the plain loop is the traceable one): then "reference".
+        """
+        name = self.implementation
+        if name != "auto":
+            self._check_covered(name, dynamic=True)
+            return name
+        if self._coverage_gap(dynamic=True) is not None or _tracing():
+            return "reference"
+        return self._auto_implementation(x_BTI)
 
     def forward(
         self,
@@ -214,7 +281,7 @@ class SequenceLayer(nn.Module):
         """
         x_BTI, unbatched = canonical_input(input, self.input_size, self.batch_first)
         self._check_parameter_dtype(x_BTI)
-        dt_BT1 = canonical_timespans(timespans, self.batch_first, unbatched, x_BTI)
+        dt_BT1 = None if timespans is None else canonical_timespans(timespans, self.batch_first, unbatched, x_BTI)
         state = canonical_state(hx, self.state_size, self.use_mixed, unbatched, x_BTI)
 
         y_BTM, (h_BU, c_BU) = self._forward_sequence(x_BTI, dt_BT1, state)
@@ -234,20 +301,30 @@ class SequenceLayer(nn.Module):
             c_BU = None if c_BU is None else c_BU.squeeze(0)
         return y, ((h_BU, c_BU) if self.use_mixed else h_BU)
 
-    def _forward_sequence(self, x_BTI: torch.Tensor, dt_BT1: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """The reference recurrence: (x_BTI, dt_BT1, (h_BU, c_BU)) -> (y_BTM, (h_BU, c_BU)).
+    def _forward_sequence(
+        self, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
+    ) -> tuple[torch.Tensor, State]:
+        """(x_BTI, dt_BT1 or None, (h_BU, c_BU)) -> (y_BTM, (h_BU, c_BU)) by the chosen runner."""
+        runner = self.IMPLEMENTATIONS[self.resolve_implementation(x_BTI)]
+        return runner(self, x_BTI, dt_BT1, state)
+
+    def _reference_sequence(
+        self, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
+    ) -> tuple[torch.Tensor, State]:
+        """The reference recurrence, the control of every fused runner:
 
         for t in 0..T-1:
             if mixed memory:  h, c = lstm(x_t, (h, c))
-            y_t, h = cell(x_t, h, dt_t)
+            y_t, h = cell(x_t, h, dt_t)                      dt_t = 1 when dt_BT1 is None
         """
         h_BU, c_BU = state
+        ones_B1 = x_BTI.new_ones(x_BTI.shape[0], 1) if dt_BT1 is None else None
         y_steps_BM = []
         for t in range(x_BTI.shape[1]):
             x_BI = x_BTI[:, t]
             if c_BU is not None:
                 h_BU, c_BU = self.lstm(x_BI, (h_BU, c_BU))
-            y_BM, h_BU = self.rnn_cell._step(x_BI, h_BU, dt_BT1[:, t])
+            y_BM, h_BU = self.rnn_cell._step(x_BI, h_BU, ones_B1 if dt_BT1 is None else dt_BT1[:, t])
             y_steps_BM.append(y_BM)
         return torch.stack(y_steps_BM, dim=1), (h_BU, c_BU)
 
