@@ -303,7 +303,12 @@ def test_tracing_takes_the_reference_loop(monkeypatch, layer_class):
     x = torch.randn(2, 4, I)
     chosen = []
     resolve = layer_class.resolve_implementation
-    monkeypatch.setattr(layer_class, "resolve_implementation", lambda self, x: chosen.append(resolve(self, x)) or chosen[-1])
+
+    def spy(self, x_BTI):
+        chosen.append(resolve(self, x_BTI))
+        return chosen[-1]
+
+    monkeypatch.setattr(layer_class, "resolve_implementation", spy)
     traced = torch.jit.trace(model, (x,), check_trace=False)
     assert chosen == ["reference"]
     torch.testing.assert_close(traced(x)[0], model(x)[0], atol=1e-5, rtol=0)
@@ -322,6 +327,24 @@ def test_implementation_is_a_runtime_choice_not_saved(tmp_path, name):
     assert replica.implementation == "reference"
     del replica.__dict__["_implementation"]  # a module pickled before the attribute existed
     assert replica.implementation == "auto"
+
+
+@pytest.mark.parametrize("layer_class", [CfC, LTC])
+def test_double_backward_through_the_kernels_is_refused_not_wrong(layer_class):
+    """The fused backwards are first-order: create_graph=True must raise, never return wrong
+    second derivatives; the reference loop supports it."""
+    model = layer_class(I, 6)
+    x = torch.randn(2, 4, I, requires_grad=True)
+    y, h = model(x)
+    torch.autograd.grad((y.square().sum() + h.sum()), x)  # first order: fine
+    y, _ = model(x)
+    with pytest.raises(RuntimeError, match="first-order.*implementation='reference'"):
+        torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    model.implementation = "reference"
+    y, _ = model(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 # -------------------------------------------------------------------------- dtypes and autocast

@@ -72,7 +72,7 @@ class CfC(SequenceLayer):
     compiler, TORCHLIQUID_NATIVE=0); under autocast the sequence runs in the autocast dtype;
     timespans that require grad make the kernel run its reference loop (no d/d(dt) in its
     backward). A kernel named explicitly where "auto" would fall back raises ValueError. The
-    fused backwards are first-order: use "reference" for double backward (create_graph=True).
+    fused backwards are first-order: backward with create_graph=True raises; use "reference" then.
 
     Example:
         >>> rnn = CfC(20, 50, proj_size=3)

@@ -33,6 +33,25 @@ from .cfc_cell import CfCCell
 from .sequence import Runner, SequenceLayer, State
 
 
+def _refuse_double_backward(grad: torch.Tensor) -> None:
+    # Autograd runs hooks with grad mode on only for create_graph=True.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "create_graph=True through a fused CfC/LTC kernel: its hand-written backward is "
+            "first-order (second derivatives would come out silently wrong); set the layer's "
+            "implementation='reference' for double backward"
+        )
+
+
+def _first_order_only(y_BTM: torch.Tensor, h_BU: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every gradient from the kernels' outputs to a loss passes y or h_n: a hook there turns a
+    silently wrong double backward into an error (no copy, no extra autograd node)."""
+    for tensor in (y_BTM, h_BU):
+        if tensor.requires_grad:
+            tensor.register_hook(_refuse_double_backward)
+    return y_BTM, h_BU
+
+
 # ----------------------------------------------------------------------------------------- CfC
 
 
@@ -78,7 +97,9 @@ def _kernel_dt(x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor]) -> Optional[
 
 
 def _cfc_runner(kernel: str) -> Runner:
-    def run(layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State) -> tuple[torch.Tensor, State]:
+    def run(
+        layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
+    ) -> tuple[torch.Tensor, State]:
         h_BU, _ = state  # no cell state: mixed memory is a coverage gap (cfc_coverage_gap)
         dt_BT1 = _kernel_dt(x_BTI, dt_BT1)
         cell = layer.rnn_cell
@@ -97,7 +118,8 @@ def _cfc_runner(kernel: str) -> Runner:
         y_BTM = feed_BTZ[..., : cell.motor_size] if layer.wired_mode else feed_BTZ
         # cat copies even one layer's state: h_n must not alias the output (in-place edits of
         # one would silently change the other, which the reference loop never does).
-        return y_BTM, (torch.cat(finals_BU, dim=1), None)
+        y_BTM, h_BU = _first_order_only(y_BTM, torch.cat(finals_BU, dim=1))
+        return y_BTM, (h_BU, None)
 
     run.__name__ = run.__qualname__ = f"cfc_{kernel.replace('-', '_')}"
     return run
@@ -129,7 +151,9 @@ def auto_cfc(layer: Any, x_BTI: torch.Tensor) -> str:
 
 
 def _ltc_runner(backend: str) -> Runner:
-    def run(layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State) -> tuple[torch.Tensor, State]:
+    def run(
+        layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
+    ) -> tuple[torch.Tensor, State]:
         v0_BU, _ = state  # no cell state: mixed memory is a coverage gap (ltc_coverage_gap)
         cell = layer.rnn_cell
         positive = cell._positive  # softplus or identity, exactly as LTCCell._step
@@ -142,7 +166,8 @@ def _ltc_runner(backend: str) -> Runner:
         )  # fmt: skip
         # A copy: the kernel saves v_BTU for its backward, so an in-place edit of a view of it
         # would break that backward; the reference loop's h_n is a tensor of its own.
-        return cell._map_outputs(v_BTU), (v_BTU[:, -1].clone(), None)
+        y_BTM, v_BU = _first_order_only(cell._map_outputs(v_BTU), v_BTU[:, -1].clone())
+        return y_BTM, (v_BU, None)
 
     run.__name__ = run.__qualname__ = f"ltc_{backend.replace('-', '_')}"
     return run

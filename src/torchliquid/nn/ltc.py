@@ -65,7 +65,7 @@ class LTC(SequenceLayer):
 
     On CPU without a C compiler (or TORCHLIQUID_NATIVE=0) "auto" takes the torch backends as on
     CUDA. A backend named explicitly where "auto" would fall back raises ValueError. The fused
-    backwards are first-order: use "reference" for double backward (create_graph=True).
+    backwards are first-order: backward with create_graph=True raises; use "reference" then.
 
     Example:
         >>> from torchliquid.nn.wirings import AutoNCP
