@@ -110,7 +110,9 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
         f"lr {cfg.lr:g}" + (f" x {world} = {cfg.scaled_lr(world):g} (--lr-scaling linear)"
                             if cfg.lr_scaling == "linear" and world > 1 else ""), quiet)
     found = None if profile else _existing_run(run, resume, overwrite)
-    splits = splits if splits is not None else load_splits(run.data, quiet)
+    # Every rank loads the data (it is small and each needs it on its device); rank 0 reports.
+    splits = splits if splits is not None else load_splits(
+        run.data, quiet or not runtime.is_main_process())
     say(f"data: {splits.describe()}", quiet)
     runtime.seed_all(cfg.seed)
     spec = model_spec(run.model, splits)
