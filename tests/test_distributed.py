@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +31,7 @@ from torch.utils.data import DistributedSampler
 from torchliquid import runtime
 from torchliquid.config import TrainConfig
 from torchliquid.nn import build_model, constrain_after_step
-from torchliquid.train import EpochBatches, Trainer
+from torchliquid.train import EpochBatches, NonFiniteLossError, Trainer
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "TORCHELASTIC_RESTART_COUNT")
@@ -192,10 +193,26 @@ def train_model(name: str, batch_size: int) -> Trainer:
     return trainer
 
 
+class NaNOnRank1(torch.nn.Module):
+    """Finite on rank 0, NaN on rank 1 from the third training call: only one rank sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.calls = torch.nn.Linear(I, 1), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        self.calls += self.training
+        return y + float("nan") if self.training and self.calls >= 3 and runtime.rank() == 1 else y
+
+
 def _ddp_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # Joined here with a short timeout (runtime.init_distributed then finds it joined): if the
+    # ranks ever disagreed about a NaN, the healthy one would fail in 60 s instead of hanging CI.
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))
     assert runtime.init_distributed("cpu")
     try:
         saved = {}
@@ -204,6 +221,12 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
             assert isinstance(trainer.train_model, torch.nn.parallel.DistributedDataParallel)
             saved[name] = {"params": trainer.model.state_dict(), "history": trainer.history,
                            "pre": trainer.pre_training, "steps": trainer.step}
+        config = TrainConfig(epochs=2, batch_size=B, device="cpu", quiet=True,
+                             checkpoint_every=0)
+        try:
+            Trainer(NaNOnRank1(), make_data(), "regression", config).fit()
+        except NonFiniteLossError as e:
+            saved["nan"] = str(e)
         torch.save(saved, f"{out}.{rank}")
     finally:
         runtime.destroy_distributed()
@@ -231,6 +254,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(clean_env, tmp_pat
             for key in want:
                 if key.startswith(("val_", "test_", "train_loss")):
                     assert row[key] == pytest.approx(want[key], rel=1e-4), (name, key)
+    # A NaN on one rank stops both at the same step (no rank left waiting in an all-reduce).
+    assert "loss is not finite on 1 of 2 processes at epoch 1/2, step 3/4" in ranks[0]["nan"]
+    assert "loss is nan on 1 of 2 processes at epoch 1/2, step 3/4" in ranks[1]["nan"]
 
 
 # -- GPU: NCCL on cuda:LOCAL_RANK -----------------------------------------------------------------

@@ -379,8 +379,9 @@ class Trainer:
                 if self.checkpoint_epoch is not None else "no checkpoint was written by this run")
         where = (f" on {bad_ranks} of {runtime.world_size()} processes"
                  if runtime.world_size() > 1 else "")
+        value = loss.item() if not torch.isfinite(loss) else "not finite"  # another rank's
         raise NonFiniteLossError(
-            f"training stopped: the {self.task.loss_name} loss is {loss.item()}{where} at epoch "
+            f"training stopped: the {self.task.loss_name} loss is {value}{where} at epoch "
             f"{epoch}/{self.config.epochs}, step {i + 1}/{len(self.batches)} of the epoch "
             f"(global step {self.step + 1})"
             + (f"; losses are checked every {every} steps, so it may have gone bad up to "
