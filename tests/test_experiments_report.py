@@ -16,6 +16,7 @@ import pytest
 from test_experiments_fakes import result_dict, store_record
 from torchliquid.experiments.report import compare_matrices, load_reference, write_report
 from torchliquid.experiments.store import ResultStore
+from torchliquid.monitor import summarize
 from torchliquid.experiments.tables import flatten, pivot, reference_table, speedup_table, utilisation_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,12 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gpu_monitor(n: int, util: float, nested: bool = False) -> dict:
-    def stats(i: int) -> dict:
-        if nested:
-            return {"utilization_percent": {"mean": util + i, "peak": 90.0}, "memory_percent": {"mean": 5.0, "peak": 7.0}}
-        return {"utilization_percent_mean": util + i, "utilization_percent_peak": 90.0,
-                "memory_percent_mean": 5.0, "memory_percent_peak": 7.0}
-    return {"gpu_available": True, "devices": {f"gpu{i}": stats(i) for i in range(n)}}
+    """A monitor section as torchliquid.monitor writes it: GPU i's utilisation is util+i on
+    average (samples util+i-1 and util+i+1) with a 90 % peak sample; memory 5 % mean, 7 % peak."""
+    if nested:  # the nested layout other tools write: {metric: {agg: value}}
+        stats = {f"gpu{i}": {"util_pct": {"mean": util + i, "peak": 90.0},
+                              "mem_used_pct": {"mean": 5.0, "peak": 7.0}} for i in range(n)}
+        return {"gpu_available": True, "devices": stats}
+    samples = []
+    for i in range(n):
+        for t, (u, m) in enumerate([(util + i - 1, 3.0), (util + i + 1, 7.0), (90.0, 5.0)]):
+            samples.append({"t": 0.2 * t, "device": f"gpu{i}", "util_pct": u, "mem_used_pct": m})
+    # the third sample shifts the utilisation mean: rebalance so the mean stays util+i
+    for i in range(n):
+        rows = [s for s in samples if s["device"] == f"gpu{i}"]
+        rows[0]["util_pct"] = 3 * (util + i) - rows[1]["util_pct"] - 90.0
+    return {"gpu_available": True, **summarize(samples)}
 
 
 def test_speedup_table_arithmetic_from_result_dicts() -> None:
@@ -204,3 +214,14 @@ def test_running_cell_is_live_while_a_runner_holds_the_folder_else_a_problem(tmp
     with open(out / ".lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert "1 running now, 0 failed or interrupted" in write_report(out).read_text()
+
+
+def test_host_cpu_read_from_every_rank_of_a_merged_monitor() -> None:
+    # Rank summaries as torchliquid.monitor.merge_rank_summaries writes them under DDP.
+    from torchliquid.monitor import merge_rank_summaries
+
+    ranks = [summarize([{"t": 0.0, "device": "host", "cpu_util_pct": cpu},
+                        {"t": 0.2, "device": "host", "cpu_util_pct": cpu}]) for cpu in (40.0, 60.0)]
+    merged = merge_rank_summaries(ranks)
+    row = flatten(result_dict("cfc", "traffic", "cpu", 64, 10.0, world_size=2, monitor=merged))
+    assert row["host_cpu_mean"] == pytest.approx((40.0 + 60.0) / 2)

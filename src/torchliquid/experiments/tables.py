@@ -79,11 +79,11 @@ def gpu_stats(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         if "gpu" not in str(key) or not isinstance(stats, Mapping):
             continue
         out.append({"gpu": str(key),
-                    "util_mean": _stat(stats, "utilization_percent", "mean"),
-                    "util_peak": _stat(stats, "utilization_percent", "peak"),
-                    "mem_mean": _stat(stats, "memory_percent", "mean"),
-                    "mem_peak": _stat(stats, "memory_percent", "peak"),
-                    "mem_used_mib_peak": _stat(stats, "memory_used_mib", "peak"),
+                    "util_mean": _stat(stats, "util_pct", "mean"),
+                    "util_peak": _stat(stats, "util_pct", "peak"),
+                    "mem_mean": _stat(stats, "mem_used_pct", "mean"),
+                    "mem_peak": _stat(stats, "mem_used_pct", "peak"),
+                    "mem_used_mib_peak": _stat(stats, "mem_used_mib", "peak"),
                     "energy_j": _num(stats.get("energy_j"))})
     return out
 
@@ -120,8 +120,11 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
     row["gpus"] = gpus
     row["gpu_util_mean"] = _mean([g["util_mean"] for g in gpus])
     row["gpu_unavailable_reason"] = (result.get("monitor") or {}).get("gpu_unavailable_reason")
-    host = ((result.get("monitor") or {}).get("devices") or {}).get("host") or {}
-    row["host_cpu_mean"] = _stat(host, "cpu_percent", "mean") if isinstance(host, Mapping) else None
+    row["host_cpu_mean"] = _mean(
+        _stat(stats, "cpu_util_pct", "mean")
+        for key, stats in ((result.get("monitor") or {}).get("devices") or {}).items()
+        if str(key).split("/")[-1] == "host" and isinstance(stats, Mapping)  # "host", "rank1/host"
+    )
     return row
 
 
