@@ -152,10 +152,15 @@ def run_batch(w: Workload, batch: int, cases: list[str], args, device, log) -> l
         _step_s[(w.name, c.name)] = (batch, statistics.median(total))
         record.forward_ms = 1e3 * statistics.median(c.timing.forward)
         record.backward_ms = 1e3 * statistics.median(c.timing.backward)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
         with harness.PeakRSS() as rss:
             record.saved_mb = c.saved_bytes(x) / 2**20
             c.step(x, y)
         record.rss_growth_mb = rss.growth / 2**20
+        if device.type == "cuda":  # on a GPU the activations live in device memory, not RSS
+            record.device_peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         if batch == min(args.batches):
             record.infer_ms = _infer_ms(c, w, device, args.infer_repeats)
     return records

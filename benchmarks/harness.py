@@ -209,6 +209,7 @@ class Record:
     backward_ms: Optional[float] = None
     saved_mb: Optional[float] = None
     rss_growth_mb: Optional[float] = None
+    device_peak_mb: Optional[float] = None  # CUDA: peak allocated growth during one step
     infer_ms: Optional[float] = None
     skipped: Optional[str] = None
 
