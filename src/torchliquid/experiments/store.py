@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
+
+from torchliquid._atomic import atomic_write
 
 SCHEMA = 1
 STATUSES = ("running", "done", "failed", "interrupted")
@@ -41,23 +42,9 @@ def utc_now() -> str:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` via a temp file + fsync + ``os.replace``: readers see the old
     file or the whole new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_write(path) as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -31,13 +31,14 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
+
+from torchliquid._atomic import atomic_write
 
 from .modules import (LoopSequence, MixedLoopSequence, MixedScanSequence, MixedSequenceModule,
                       MixedStepModule, ScanSequence, SequenceModule, StepModule)
@@ -60,19 +61,9 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
 
 def _atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def describe(model: nn.Module, form: str) -> dict[str, Any]:

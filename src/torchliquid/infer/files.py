@@ -27,13 +27,13 @@ by the dataset's reader), or the window/step/feature of a .npy value.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import pandas as pd
 
+from torchliquid._atomic import atomic_write
 from torchliquid.data import get_dataset
 from torchliquid.data.frames import read_table
 
@@ -113,17 +113,8 @@ def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, mode) as handle:
+        write(handle)
     return path
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from torchliquid._atomic import atomic_write
 
 from .backends import Record
 
@@ -146,22 +147,11 @@ def write_samples_csv(samples: Sequence[Record], path: str | os.PathLike[str]) -
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns: dict[str, None] = dict.fromkeys(INDEX_KEYS)
     for r in samples:
         columns.update(dict.fromkeys(r))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
-            writer.writeheader()
-            writer.writerows(samples)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_write(path) as f:  # readers see the old file or the whole new one, never half
+        writer = csv.DictWriter(f, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(samples)
+    return Path(path)

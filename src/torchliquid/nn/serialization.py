@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 from torch import nn
+
+from torchliquid._atomic import atomic_write
 
 from .cfc import CfC
 from .cfc_cell import CfCCell, WiredCfCCell
@@ -85,17 +86,8 @@ def save_model(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
         "config_json": json.dumps(config_fn()),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:
+        torch.save(payload, handle)
     return path
 
 

@@ -27,12 +27,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+
+from torchliquid._atomic import atomic_write
 
 FORMAT = "torchliquid.checkpoint"
 FORMAT_VERSION = 1
@@ -48,24 +49,9 @@ class CheckpointFallbackWarning(UserWarning):
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str,
                   before_replace: Callable[[], None] | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if before_replace is not None:  # the new file is complete on disk before anything moves
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_write(path, mode, before_replace=before_replace) as fh:
+        write(fh)
+    return Path(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
