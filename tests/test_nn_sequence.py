@@ -246,3 +246,31 @@ def test_timespans_of_the_wrong_type_are_rejected():
             model(x, timespans=bad)
     with pytest.raises(ValueError, match=r"timespans must be a scalar, \(5,\) or \(5, 1\)"):
         model(x[0], timespans=torch.ones(1, 5))
+
+
+@pytest.mark.parametrize("timespans", [-1.0, float("nan"), float("inf"),
+                                       "tensor_negative", "tensor_nan"])
+@pytest.mark.parametrize("layer", ["cfc", "ltc"])
+def test_timespans_must_be_finite_and_non_negative(layer: str, timespans) -> None:
+    # A negative or NaN elapsed time would silently poison every later state (user report).
+    from torchliquid.nn import CfC, LTC
+
+    model = CfC(4, 8) if layer == "cfc" else LTC(4, 8)
+    x = torch.randn(2, 5, 4)
+    if timespans == "tensor_negative":
+        timespans = torch.full((2, 5), 0.5)
+        timespans[1, 3] = -0.25
+    elif timespans == "tensor_nan":
+        timespans = torch.full((2, 5), 0.5)
+        timespans[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="timespans must be"):
+        model(x, timespans=timespans)
+
+
+def test_stream_rejects_negative_dt() -> None:
+    from torchliquid.infer import Stream
+    from torchliquid.nn import CfC
+
+    stream = Stream(CfC(4, 8), batch_size=1)
+    with pytest.raises(ValueError, match="finite elapsed time"):
+        stream.step(torch.randn(4), dt=-1.0)

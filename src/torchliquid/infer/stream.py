@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchliquid.nn.sequence import canonical_input, canonical_state, canonical_timespans
+from torchliquid.nn.sequence import canonical_input, canonical_state, canonical_timespans, check_elapsed_times
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -152,9 +152,11 @@ class Stream:
             return self._ones_B1
         if isinstance(dt, bool) or not isinstance(dt, (numbers.Real, torch.Tensor, np.ndarray)):
             raise TypeError(f"dt must be None, a float or a tensor, got {type(dt).__name__}")
-        if isinstance(dt, numbers.Real):
+        dt = torch.as_tensor(dt)
+        check_elapsed_times(dt)
+        if dt.dim() == 0 and dt.device.type == "cpu":
             return torch.full((self.batch_size, 1), float(dt), dtype=self._dtype, device=self._device)
-        dt = torch.as_tensor(dt).to(dtype=self._dtype, device=self._device)
+        dt = dt.to(dtype=self._dtype, device=self._device)
         if dt.dim() == 0:
             return dt.reshape(1, 1).expand(self.batch_size, 1)
         if tuple(dt.shape) in ((self.batch_size,), (self.batch_size, 1)):

@@ -28,6 +28,7 @@ when B == U (field cases A01, A02).
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple, Union
 
@@ -75,6 +76,22 @@ def canonical_input(input: torch.Tensor, input_size: int, batch_first: bool) -> 
     return x_BTI, unbatched
 
 
+def check_elapsed_times(timespans: torch.Tensor) -> None:
+    """Elapsed times must be finite and >= 0: one negative or NaN dt silently poisons every
+    later state. On CPU this costs nothing noticeable; on an accelerator the check is queued
+    asynchronously (no host sync), and it is skipped while tracing or compiling."""
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or compiling:
+        return
+    values = timespans.detach()
+    valid = torch.isfinite(values).all() & (values >= 0).all()
+    if values.device.type != "cpu":
+        torch._assert_async(valid, "timespans must be finite elapsed times >= 0")
+    elif not bool(valid):
+        bad = values[~(torch.isfinite(values) & (values >= 0))].flatten()[:3].tolist()
+        raise ValueError(f"timespans must be finite elapsed times >= 0, got values such as {bad}")
+
+
 def canonical_timespans(
     timespans: Timespans, batch_first: bool, unbatched: bool, like_BTI: torch.Tensor
 ) -> torch.Tensor:
@@ -97,9 +114,12 @@ def canonical_timespans(
             f"timespans must be None, a float or a torch.Tensor, got {type(timespans).__name__}"
         )
     if not isinstance(timespans, torch.Tensor):
+        if not math.isfinite(timespans) or timespans < 0:
+            raise ValueError(f"timespans must be a finite elapsed time >= 0, got {timespans!r}")
         return torch.full((1, 1, 1), float(timespans), dtype=dtype, device=device).expand(batch, steps, 1)
     if timespans.is_complex() or timespans.dtype == torch.bool:
         raise TypeError(f"timespans must hold real numbers, got dtype {timespans.dtype}")
+    check_elapsed_times(timespans)
     dt = timespans.to(device=device, dtype=dtype)
     if dt.dim() == 0:
         return dt.reshape(1, 1, 1).expand(batch, steps, 1)
