@@ -50,7 +50,24 @@ def test_bad_arguments_exit_2_with_one_line(capsys, tmp_path, monkeypatch, argv,
 
 def test_evaluate_of_a_missing_run_names_the_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "evaluate", "--run", str(tmp_path / "none"))
-    assert code == 2 and str(tmp_path / "none" / "checkpoint.pt") in err and "does not exist" in err
+    assert code == 2 and f"run folder {tmp_path / 'none'} does not exist" in err
+
+
+def test_evaluate_of_a_file_says_it_is_not_a_run_folder(capsys, tmp_path):
+    not_a_run = tmp_path / "w.npy"
+    not_a_run.write_bytes(b"x")
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(not_a_run))
+    assert code == 2 and f"{not_a_run} is not a run folder" in err
+
+
+def test_evaluate_of_a_truncated_checkpoint_points_to_the_previous_one(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *sine(run, model="cfc"))[0] == 0
+    with open(run / "checkpoint.pt", "r+b") as handle:
+        handle.truncate(100)
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+    assert code == 2 and "checkpoint.pt cannot be read" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 600  # one line, not torch's paragraph
 
 
 @pytest.mark.parametrize("model", ["cfc", "ltc"])

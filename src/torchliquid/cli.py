@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -251,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv  # recorded in config.json
     traceback = os.environ.get("TORCHLIQUID_TRACEBACK") == "1"
+    if not traceback:  # our warnings (e.g. a checkpoint fallback) read as one line, like errors
+        warnings.formatwarning = lambda message, category, *_, **__: (
+            f"torchliquid {args.command}: warning: {message}\n")
     try:
         return COMMANDS[args.command].run(args)
     except NonFiniteLossError as e:

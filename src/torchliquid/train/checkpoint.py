@@ -142,8 +142,7 @@ def load_checkpoint(path: str | os.PathLike,
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError by damage kind
         raise CheckpointError(
             f"checkpoint {path} cannot be read, it is truncated or not a torch file "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "retrain, or restore it from a copy") from None
+            f"({type(e).__name__}: {_first_sentence(str(e))})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a torchliquid checkpoint (no format={FORMAT!r} "
                               "key); pass a checkpoint.pt written by torchliquid train")
@@ -156,6 +155,13 @@ def load_checkpoint(path: str | os.PathLike,
         raise CheckpointError(f"checkpoint {path} is corrupt: its sha256 checksum does not "
                               "match its contents; retrain, or restore it from a copy")
     return payload
+
+
+def _first_sentence(message: str, limit: int = 120) -> str:
+    """torch's load errors run to a paragraph; the first sentence says what broke."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    first = first.split(". ")[0]
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def load_first_good(paths: Sequence[str | os.PathLike],

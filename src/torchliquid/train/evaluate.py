@@ -25,8 +25,22 @@ from torchliquid.train.tasks import get_task
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(checkpoint payload, run_info) of ``run_dir``; raises CheckpointError naming the file."""
-    path = Path(run_dir) / CHECKPOINT
-    payload = load_checkpoint(path)
+    run = Path(run_dir)
+    if not run.exists():
+        raise CheckpointError(f"run folder {run} does not exist; train first (torchliquid train --out {run})")
+    if not run.is_dir():
+        raise CheckpointError(f"{run} is not a run folder (expected the folder that "
+                              "torchliquid train --out wrote, holding checkpoint.pt)")
+    path = run / CHECKPOINT
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError as e:
+        # The previous checkpoint holds older weights, so it cannot stand in for evaluation;
+        # `train --resume` rebuilds the final one from it.
+        previous = path.with_name("checkpoint.prev.pt")
+        hint = (f"; {previous.name} is intact: `torchliquid train ... --out {run} --resume` "
+                "retrains from it" if previous.exists() else "; retrain, or restore it from a copy")
+        raise CheckpointError(f"{e}{hint}") from None
     try:
         return payload, json.loads(payload["run_info"])
     except (KeyError, TypeError, json.JSONDecodeError):
