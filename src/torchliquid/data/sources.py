@@ -19,11 +19,14 @@ import os
 import sys
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence, TypeVar
 
 from .base import DatasetError
+
+T = TypeVar("T")
 
 # A module attribute (not ``from urllib.request import urlopen``) so tests can serve local bytes.
 urlopen = urllib.request.urlopen
@@ -71,6 +74,18 @@ class Search:
                 missing = ", ".join(f"{rel}[.gz]" for rel, p in found.items() if p is None)
                 self.looked.append(f"{directory}  [{origin}]: missing {missing}")
         return None
+
+    def try_download(self, download: bool, url: str, fetch: Callable[[], T]) -> T | None:
+        """``fetch()`` when downloads are allowed; a refusal or failure is remembered for
+        :meth:`error` and gives None."""
+        if not download:
+            self.looked.append(f"{url}: not downloaded (download=False)")
+            return None
+        try:
+            return fetch()
+        except (OSError, zipfile.BadZipFile) as exc:
+            self.looked.append(f"{url}: download failed ({exc})")
+            return None
 
     def error(self, how_to_fix: str) -> DatasetError:
         places = "\n".join(f"  - {p}" for p in self.looked)

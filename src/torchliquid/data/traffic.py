@@ -72,13 +72,9 @@ class TrafficDataset(Dataset):
         found = search.find([FILE_NAME], data_dir)
         if found:
             return found[FILE_NAME]
-        if not download:
-            search.looked.append(f"{URL}: not downloaded (download=False)")
-        else:
-            try:
-                return self.download(progress)
-            except (OSError, zipfile.BadZipFile) as exc:
-                search.looked.append(f"{URL}: download failed ({exc})")
+        fetched = search.try_download(download, URL, lambda: self.download(progress))
+        if fetched is not None:
+            return fetched
         raise search.error(
             f"put {FILE_NAME} (or {FILE_NAME}.gz) from {PAGE} into DATA_DIR/traffic/ and pass "
             f"data_dir=DATA_DIR (--data-dir), or into {cache_root() / 'traffic'}, or retry with download "
