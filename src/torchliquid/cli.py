@@ -131,8 +131,10 @@ def _train(args: argparse.Namespace) -> int:
         train_run(run, resume=args.resume, overwrite=args.overwrite,
                   command=["torchliquid", *args.argv], profile=args.profile,
                   profile_steps=args.profile_steps, profile_warmup=args.profile_warmup)
-    finally:
-        runtime.destroy_distributed()  # leave the process group cleanly (no-op in one process)
+    except BaseException:
+        runtime.destroy_distributed()  # a failing rank leaves at once (no-op in one process)
+        raise
+    runtime.destroy_distributed(synchronize=True)
     return 0
 
 
@@ -252,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     args.argv = argv  # recorded in config.json
     traceback = os.environ.get("TORCHLIQUID_TRACEBACK") == "1"
+    format_warning = warnings.formatwarning
     if not traceback:  # our warnings (e.g. a checkpoint fallback) read as one line, like errors
         warnings.formatwarning = lambda message, category, *_, **__: (
             f"torchliquid {args.command}: warning: {message}\n")
@@ -275,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"torchliquid {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = format_warning  # main() also runs in-process (tests, notebooks)
 
 
 if __name__ == "__main__":

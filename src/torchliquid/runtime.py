@@ -170,9 +170,17 @@ def init_distributed(device: torch.device | str = "cpu", backend: str = "auto") 
     return True
 
 
-def destroy_distributed() -> None:
-    """Leave the process group (no-op when not distributed)."""
+def destroy_distributed(synchronize: bool = False) -> None:
+    """Leave the process group (no-op when not distributed).
+
+    ``synchronize=True`` (after a successful run) first waits until every rank is done: gloo
+    aborts a process whose peer closes its connections under it ("terminate called without an
+    active exception"). A failing rank leaves without waiting, so its peers fail fast instead of
+    hanging in the barrier.
+    """
     if is_distributed():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 
