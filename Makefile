@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch first, from a range the CPU build on this kind of machine satisfies (torch 2.13.0+cpu in
 # pip's find-links), so set-up never pulls multi-GB CUDA wheels; on a GPU machine pass e.g.
 # `make test TORCH=torch` to take the newest build the index offers.
-TORCH ?= torch>=2.2,<2.14
+TORCH ?= torch>=2.4,<2.14
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench clean

@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from factory import CREATORS, Workload, training_flops_per_sequence_cfc  # noqa: E402
 
+from torchliquid.train.optim import adam  # noqa: E402
+
 WORKLOADS = {
     "har": Workload("HAR-like", 16, 561, 6, True),
     "traffic": Workload("Traffic-like", 32, 7, 1, False),
@@ -61,7 +63,7 @@ class Contender:
         self.name, self.family = name, CREATORS[name][0]
         torch.manual_seed(0)
         self.model = CREATORS[name][1](w).to(device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = adam(self.model.parameters(), lr=1e-3)  # the trainer's, for every contender
         self.w, self.device = w, device
         self.timing = harness.Timing()
         self.spent_s = 0.0

@@ -302,3 +302,23 @@ def test_trainer_rejects_unknown_task_and_bad_splits(tmp_path):
     with pytest.raises(TypeError, match="splits.val"):
         Trainer(StandIn(1), SimpleNamespace(train=make_data("regression").train), "regression",
                 TrainConfig(device="cpu"))
+
+
+def test_trainer_adam_is_fused_where_torch_has_it_and_updates_like_plain_adam():
+    from torchliquid.train.optim import adam
+
+    torch.manual_seed(0)
+    fused_model = torch.nn.Linear(5, 3)
+    plain_model = torch.nn.Linear(5, 3)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused, plain = adam(fused_model.parameters(), 1e-2), torch.optim.Adam(plain_model.parameters(), lr=1e-2)
+    assert fused.defaults["fused"] is True  # CPU fused Adam exists from torch 2.4, the minimum
+    x = torch.randn(16, 5)
+    for _ in range(5):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    plain.load_state_dict(fused.state_dict())  # checkpoints move between the two forms

@@ -31,6 +31,7 @@ from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT,
                                TrainData, count_parameters, evaluate_checkpoint, load_first_good,
                                load_run, recorded_result, write_json)
 from torchliquid.train.loop import model_output
+from torchliquid.train.optim import adam
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.
 RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "checkpoint_every",
@@ -117,7 +118,7 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     runtime.seed_all(cfg.seed)
     spec = model_spec(run.model, splits)
     model = build_from_spec(spec).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.scaled_lr(world))
+    optimizer = adam(model.parameters(), lr=cfg.scaled_lr(world))
     constrain_after_step(optimizer, model)
     say(f"model: {run.model.name} {json.dumps({k: v for k, v in spec.items() if k != 'name'})}, "
         f"{count_parameters(model):,} trainable parameters", quiet)

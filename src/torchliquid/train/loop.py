@@ -38,6 +38,7 @@ from torchliquid.monitor import HardwareMonitor
 from torchliquid.train.batches import EpochBatches, Split, TrainData, eval_slices
 from torchliquid.train.faults import FaultInjector
 from torchliquid.train.monitoring import finish_monitor, open_monitor
+from torchliquid.train.optim import adam
 from torchliquid.train.records import (Console, NullConsole, NullRunFiles, RunFiles,
                                        format_seconds, metric_columns, versions)
 from torchliquid.train.tasks import Task, get_task
@@ -87,7 +88,7 @@ class Trainer:
         data: :class:`TrainData`, or an object with ``.train/.val/.test`` having ``.x/.y``.
         task: "classification" | "regression" or a :class:`Task`.
         config: the :class:`TrainConfig`.
-        optimizer: defaults to Adam(``config.scaled_lr(world_size)``). If given, the model must
+        optimizer: defaults to :func:`torchliquid.train.optim.adam` at ``config.scaled_lr(world_size)``. If given, the model must
             already be on the device.
         out_dir: run directory for config/metrics/result/checkpoint files; None writes nothing.
         run_info: JSON-ready description of the run (model spec under "model" with a "name",
@@ -114,8 +115,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_model = runtime.data_parallel(self.model, self.device)  # DDP or model itself
         if optimizer is None:
-            optimizer = torch.optim.Adam(self.model.parameters(),
-                                         lr=config.scaled_lr(runtime.world_size()))
+            optimizer = adam(self.model.parameters(), lr=config.scaled_lr(runtime.world_size()))
         elif any(p.device != self.device for p in self.model.parameters()):
             raise ValueError(f"optimizer was given but the model's parameters are not on "
                              f"{self.device}; move the model before building the optimizer")
