@@ -27,80 +27,137 @@ static void mm_rm_SFX(gemm_SFX_t gemm, int ta, int tb, int64_t M, int64_t N, int
     gemm(&opb, &opa, &m, &n, &k, &one, Bm, &la, A, &lb, &beta, C, &lc);
 }
 
-/* Forward over T steps. widths[l] = out_l for backbone layers l < nb, widths[nb] = X (heads).
-   W[l], bias[l] for l <= nb. The first layer reads [x_t, h]: from x (rows of x_ld elements,
-   step t at column t * I; x_ld = T * I for a (B, T, I) tensor) with two GEMMs per step, or,
-   when p0 != NULL, from p0[T][B][O0] = x W_x^T + b_0 precomputed by the caller. Per step keeps
-   the GEMM output in cache for the activation; one (B·T, I) x (I, O0) GEMM writing all of p0
-   runs at ~4 GFLOP/s for I = 7 (measured), 8x slower than the per-step pieces.
-   Writes ys[l][T][B][H_l], h_out[T][B][U], acts[T][B][3U]; heads is a [B][X] scratch. */
+/* Rows are independent sequences, so the batch is split into one block of rows per thread and
+   each thread runs the WHOLE time loop on its block with single-threaded GEMMs (BLAS called
+   inside an OpenMP region runs sequentially). One team per sequence instead of one per GEMM:
+   at B = 64 the per-step GEMMs are too small for BLAS's own threads (2 threads ran them no
+   faster than 1), and a descheduled thread costs one wait per sequence, not one per step. */
+#define SEQ_ROWS_MIN 16
+
+static int seq_team_SFX(int64_t B) {
+    int64_t most = B / SEQ_ROWS_MIN;
+    int n = omp_get_max_threads();
+    if (omp_in_parallel()) return 1;
+    if (getenv("TL_SEQ_TEAM")) return atoi(getenv("TL_SEQ_TEAM"));
+    return (int)(most < 1 ? 1 : (most < n ? most : n));
+}
+
+/* Rows [lo, hi) of a [.][B][w] buffer at step t start at base + t * B * w + lo * w. */
+#define AT(base, t, w) ((base) + (t) * B * (w) + lo * (w))
+
+/* Forward over T steps for rows [lo, hi). widths[l] = out_l for backbone layers l < nb,
+   widths[nb] = X (heads). W[l], bias[l] for l <= nb. The first layer reads [x_t, h]: from x
+   (rows of x_ld elements, step t at column t * I; x_ld = T * I for a (B, T, I) tensor) with two
+   GEMMs per step, or, when p0 != NULL, from p0[T][B][O0] = x W_x^T + b_0 precomputed by the
+   caller in one GEMM (pays for wide inputs; for I = 7 that GEMM runs at ~4 GFLOP/s, 8x slower
+   than the per-step pieces). Writes ys[l][T][B][H_l], h_out[T][B][U], acts[T][B][3U]; heads is
+   a [B][X] scratch. */
+static void seq_fwd_rows_SFX(gemm_SFX_t gemm, int64_t lo, int64_t hi, int64_t T, int64_t B,
+                             int64_t U, int64_t I, int64_t nb, const int64_t* widths,
+                             const REAL* const* W, const REAL* const* bias, const REAL* p0,
+                             const REAL* x, int64_t x_ld, const REAL* h0, int mode, int act,
+                             const REAL* dt, const REAL* wtau, const REAL* A, REAL* const* ys,
+                             REAL* heads, REAL* h_out, REAL* acts) {
+    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U, R = hi - lo;
+    heads += lo * X;
+    for (int64_t t = 0; t < T; t++) {
+        const REAL* h = t == 0 ? h0 + lo * U : AT(h_out, t - 1, U);
+        const REAL* p0t = p0 ? AT(p0, t, O0) : NULL;
+        /* first layer pre-activation z = [x_t, h] W_0^T (+ b_0 later, unless inside p0) */
+        REAL* z = nb == 0 ? heads : AT(ys[0], t, O0);
+        if (p0t) {
+            for (int64_t i = 0; i < R * O0; i++) z[i] = p0t[i];
+        } else {
+            mm_rm_SFX(gemm, 0, 1, R, O0, I, x + lo * x_ld + t * I, x_ld, W[0], ld0, 0, z, O0);
+        }
+        mm_rm_SFX(gemm, 0, 1, R, O0, U, h, U, W[0] + I, ld0, 1, z, O0);
+        const REAL* b0 = p0t ? NULL : bias[0];
+        if (nb > 0) {
+            act_fwd_range_SFX(0, R, O0, act, z, b0, 0, z);
+            for (int64_t l = 1; l < nb; l++) {
+                REAL* yl = AT(ys[l], t, widths[l]);
+                mm_rm_SFX(gemm, 0, 1, R, widths[l], widths[l - 1], AT(ys[l - 1], t, widths[l - 1]),
+                          widths[l - 1], W[l], widths[l - 1], 0, yl, widths[l]);
+                act_fwd_range_SFX(0, R, widths[l], act, yl, bias[l], 0, yl);
+            }
+            const int64_t Hl = widths[nb - 1];
+            mm_rm_SFX(gemm, 0, 1, R, X, Hl, AT(ys[nb - 1], t, Hl), Hl, W[nb], Hl, 0, heads, X);
+        }
+        tail_fwd_rows_SFX(0, R, U, mode, heads, X, nb == 0 ? b0 : bias[nb],
+                          dt ? dt + t * B + lo : NULL, wtau, A, AT(h_out, t, U), AT(acts, t, 3 * U));
+    }
+}
+
 void cfc_seq_fwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
                      const int64_t* widths, const REAL* const* W, const REAL* const* bias,
                      const REAL* p0, const REAL* x, int64_t x_ld, const REAL* h0, int mode,
                      int act, const REAL* dt, const REAL* wtau, const REAL* A, REAL* const* ys,
                      REAL* heads, REAL* h_out, REAL* acts) {
     gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
-    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
-    for (int64_t t = 0; t < T; t++) {
-        const REAL* h = t == 0 ? h0 : h_out + (t - 1) * B * U;
-        const REAL* p0t = p0 ? p0 + t * B * O0 : NULL;
-        /* first layer pre-activation z = [x_t, h] W_0^T (+ b_0 later, unless inside p0) */
-        REAL* z = nb == 0 ? heads : ys[0] + t * B * O0;
-        if (p0t) {
-            for (int64_t i = 0; i < B * O0; i++) z[i] = p0t[i];
-        } else {
-            mm_rm_SFX(gemm, 0, 1, B, O0, I, x + t * I, x_ld, W[0], ld0, 0, z, O0);
-        }
-        mm_rm_SFX(gemm, 0, 1, B, O0, U, h, U, W[0] + I, ld0, 1, z, O0);
-        const REAL* b0 = p0t ? NULL : bias[0];
-        if (nb > 0) {
-            cfc_act_fwd_SFX(B, O0, act, z, b0, 0, z);
-            for (int64_t l = 1; l < nb; l++) {
-                REAL* yl = ys[l] + t * B * widths[l];
-                mm_rm_SFX(gemm, 0, 1, B, widths[l], widths[l - 1], ys[l - 1] + t * B * widths[l - 1],
-                          widths[l - 1], W[l], widths[l - 1], 0, yl, widths[l]);
-                cfc_act_fwd_SFX(B, widths[l], act, yl, bias[l], 0, yl);
-            }
-            const int64_t Hl = widths[nb - 1];
-            mm_rm_SFX(gemm, 0, 1, B, X, Hl, ys[nb - 1] + t * B * Hl, Hl, W[nb], Hl, 0, heads, X);
-        }
-        cfc_tail_fwd_SFX(B, U, mode, heads, X, nb == 0 ? b0 : bias[nb], dt ? dt + t * B : NULL,
-                         wtau, A, h_out + t * B * U, acts + t * B * 3 * U);
+#pragma omp parallel num_threads(seq_team_SFX(B))
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int64_t lo = B * id / nt, hi = B * (id + 1) / nt;
+        seq_fwd_rows_SFX(gemm, lo, hi, T, B, U, I, nb, widths, W, bias, p0, x, x_ld, h0, mode, act,
+                         dt, wtau, A, ys, heads, h_out, acts);
     }
 }
 
-/* Backward over T steps (reversed). dL/dh of step t, row b, is g_out + t * g_t + b * g_b (so a
-   (B, T, U) gradient needs no transposing copy); with g_last_only, only step T-1 has one (the
-   sequence's last state was the output). g_carry[B][U] must be zero on entry and holds dL/dh0
-   on exit. Writes g_heads[T][B][X] and g_pres[l][T][B][H_l] (the weight gradients are then one
-   GEMM each, outside); gy is a [B][max H] scratch. */
+/* Backward over T steps (reversed) for rows [lo, hi). dL/dh of step t, row b, is g_out + t * g_t
+   + b * g_b (so a (B, T, U) gradient needs no transposing copy); with g_last_only, only step T-1
+   has one (the sequence's last state was the output). g_carry[B][U] must be zero on entry and
+   holds dL/dh0 on exit. Writes g_heads[T][B][X] and g_pres[l][T][B][H_l] (the weight gradients
+   are then one GEMM each, outside); gy is a [B][max H] scratch (gy_ld = max H). */
+static void seq_bwd_rows_SFX(gemm_SFX_t gemm, int64_t lo, int64_t hi, int64_t T, int64_t B,
+                             int64_t U, int64_t I, int64_t nb, const int64_t* widths,
+                             const REAL* const* W, REAL* const* ys, const REAL* acts, int mode,
+                             int act, const REAL* dt, const REAL* wtau, const REAL* A,
+                             const REAL* g_out, int64_t g_t, int64_t g_b, int64_t g_last_only,
+                             REAL* g_heads, REAL* const* g_pres, REAL* g_carry, REAL* gA,
+                             REAL* gw, REAL* gy, int64_t gy_ld) {
+    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U, R = hi - lo;
+    g_carry += lo * U;
+    gy += lo * gy_ld;
+    g_out += lo * g_b;
+    if (gA) gA += lo * U;
+    if (gw) gw += lo * U;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        REAL* gh = AT(g_heads, t, X);
+        const REAL* go = g_last_only ? (t == T - 1 ? g_out : NULL) : g_out + t * g_t;
+        tail_bwd_rows_SFX(0, R, U, mode, AT(acts, t, 3 * U), dt ? dt + t * B + lo : NULL, wtau, A,
+                          g_carry, go, g_b, gh, X, gA, gw);
+        const REAL* first = gh;
+        if (nb > 0) {
+            const int64_t Hl = widths[nb - 1];
+            mm_rm_SFX(gemm, 0, 0, R, Hl, X, gh, X, W[nb], Hl, 0, gy, Hl);
+            for (int64_t l = nb - 1; l >= 0; l--) {
+                REAL* gp = AT(g_pres[l], t, widths[l]);
+                act_bwd_range_SFX(0, R * widths[l], act, AT(ys[l], t, widths[l]), gy, gp);
+                if (l > 0)
+                    mm_rm_SFX(gemm, 0, 0, R, widths[l - 1], widths[l], gp, widths[l], W[l],
+                              widths[l - 1], 0, gy, widths[l - 1]);
+            }
+            first = AT(g_pres[0], t, O0);
+        }
+        mm_rm_SFX(gemm, 0, 0, R, U, O0, first, O0, W[0] + I, ld0, 0, g_carry, U);
+    }
+}
+
 void cfc_seq_bwd_SFX(void* gemm_ptr, int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
                      const int64_t* widths, const REAL* const* W, REAL* const* ys,
                      const REAL* acts, int mode, int act, const REAL* dt, const REAL* wtau,
                      const REAL* A, const REAL* g_out, int64_t g_t, int64_t g_b,
                      int64_t g_last_only, REAL* g_heads, REAL* const* g_pres, REAL* g_carry,
-                     REAL* gA, REAL* gw, REAL* gy) {
+                     REAL* gA, REAL* gw, REAL* gy, int64_t gy_ld) {
     gemm_SFX_t gemm = (gemm_SFX_t)gemm_ptr;
-    const int64_t O0 = widths[0], X = widths[nb], ld0 = I + U;
-    for (int64_t t = T - 1; t >= 0; t--) {
-        REAL* gh = g_heads + t * B * X;
-        const REAL* go = g_last_only ? (t == T - 1 ? g_out : NULL) : g_out + t * g_t;
-        cfc_tail_bwd_SFX(B, U, mode, acts + t * B * 3 * U, dt ? dt + t * B : NULL, wtau, A,
-                         g_carry, go, g_b, gh, X, gA, gw);
-        const REAL* first = gh;
-        if (nb > 0) {
-            const int64_t Hl = widths[nb - 1];
-            mm_rm_SFX(gemm, 0, 0, B, Hl, X, gh, X, W[nb], Hl, 0, gy, Hl);
-            for (int64_t l = nb - 1; l >= 0; l--) {
-                REAL* gp = g_pres[l] + t * B * widths[l];
-                cfc_act_bwd_SFX(B * widths[l], act, ys[l] + t * B * widths[l], gy, gp);
-                if (l > 0)
-                    mm_rm_SFX(gemm, 0, 0, B, widths[l - 1], widths[l], gp, widths[l], W[l],
-                              widths[l - 1], 0, gy, widths[l - 1]);
-            }
-            first = g_pres[0] + t * B * O0;
-        }
-        mm_rm_SFX(gemm, 0, 0, B, U, O0, first, O0, W[0] + I, ld0, 0, g_carry, U);
+#pragma omp parallel num_threads(seq_team_SFX(B))
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int64_t lo = B * id / nt, hi = B * (id + 1) / nt;
+        seq_bwd_rows_SFX(gemm, lo, hi, T, B, U, I, nb, widths, W, ys, acts, mode, act, dt, wtau, A,
+                         g_out, g_t, g_b, g_last_only, g_heads, g_pres, g_carry, gA, gw, gy, gy_ld);
     }
 }
+
+#undef AT
 """

@@ -144,7 +144,7 @@ _SIGNATURES = {
     "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 6 + [_I64, _PTR, _I64, _PTR, _PTR],
     "cfc_seq_fwd": [_PTR] + [_I64] * 5 + [_PTR] * 5 + [_I64, _PTR, _INT, _INT] + [_PTR] * 7,
     "cfc_seq_bwd": [_PTR] + [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 4 + [_I64] * 3
-    + [_PTR] * 6,
+    + [_PTR] * 6 + [_I64],
 }
 _fns: dict[tuple[str, torch.dtype], Any] = {}
 
@@ -363,18 +363,20 @@ def _ptrs(tensors) -> Any:
 
 
 def cfc_seq_forward(mode: int, act: int, weights, biases, x_BTI, h0_BU, dt_TB1, w_tau_U, a_U,
-                    ys, h_TBU, acts_TB3U) -> None:  # fmt: skip
+                    ys, h_TBU, acts_TB3U, p0_TBO=None) -> None:  # fmt: skip
     """The whole forward time loop in C (see _fused_csrc_cfc_seq); fills ys, h_TBU, acts_TB3U.
 
-    x_BTI must be contiguous: step t of row b is read at x + b·T·I + t·I."""
+    x_BTI must be contiguous: step t of row b is read at x + b·T·I + t·I. p0_TBO, if given, is
+    x W_x^T + b_0 for all steps (time-major, contiguous) and replaces the per-step input GEMM."""
     B, T, I = x_BTI.shape
     U, nb = h0_BU.shape[1], len(weights) - 1
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
     heads = h0_BU.new_empty(B, weights[-1].shape[0])
     kernel("cfc_seq_fwd", h0_BU.dtype)(
         gemm_pointer(h0_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
-        None, x_BTI.data_ptr(), T * I, h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value,
-        _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(), acts_TB3U.data_ptr(),
+        _opt(p0_TBO).value, x_BTI.data_ptr(), T * I, h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value,
+        _opt(w_tau_U).value, _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(),
+        acts_TB3U.data_ptr(),
     )  # fmt: skip
 
 
@@ -390,10 +392,10 @@ def cfc_seq_backward(mode: int, act: int, I: int, weights, ys, acts_TB3U, dt_TB1
     last_only = g.dim() == 2
     g_t, g_b = (0, g.stride(0)) if last_only else (g.stride(1), g.stride(0))
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
-    gy = g_carry_BU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))
+    gy = g_carry_BU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))  # per-row scratch
     kernel("cfc_seq_bwd", g_carry_BU.dtype)(
         gemm_pointer(g_carry_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys),
         acts_TB3U.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value,
         g.data_ptr(), g_t, g_b, int(last_only), g_heads_TBX.data_ptr(), _ptrs(g_pres),
-        g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(),
+        g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(), gy.shape[1],
     )  # fmt: skip

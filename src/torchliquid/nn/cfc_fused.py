@@ -42,6 +42,10 @@ from . import cfc_fused_loops as loops
 
 MODES = ("default", "no_gate", "pure")
 IMPLEMENTATIONS = ("auto", "function", "function-torch", "jit", "compile")
+# From this many inputs on, the C loop reads the input half of the first layer from one GEMM over
+# all B·T rows (BLAS's threads at full size: 176 vs 121 GFLOP/s at HAR's 561 inputs, B = 64)
+# instead of one per step; narrow inputs make that one GEMM slow (I = 7: ~4 GFLOP/s).
+WIDE_INPUT = 32
 
 
 # ------------------------------------------------------------------ the hand-written Function
@@ -91,8 +95,9 @@ class _CfCFunction(torch.autograd.Function):
         acts_TB3U = h0_BU.new_empty(T, B, 3 * U)
         args = (h0_BU, dt_TB1, w_tau_U, a_U, weights, biases)
         if plan.c_loop:
+            p0_TBO = _input_half(x_BTI, weights[0][:, :I], biases[0]) if I >= WIDE_INPUT else None
             native.cfc_seq_forward(plan.mode_id, plan.act_id, weights, biases, x_BTI, h0_BU, dt_TB1,
-                                   w_tau_U, a_U, ys, h_TBU, acts_TB3U)  # fmt: skip
+                                   w_tau_U, a_U, ys, h_TBU, acts_TB3U, p0_TBO)  # fmt: skip
         elif plan.native_loop:
             p0_TBO = _input_half(x_BTI, weights[0][:, :I], biases[0])
             loops.forward_native(plan, p0_TBO, *args, ys, h_TBU, acts_TB3U)
