@@ -625,7 +625,8 @@ class AutoNCP(NCP):
             output_size,
             1,
             units - 3,
-            f"output_size must be less than units - 2 = {units - 2}; about 0.3 * units is typical",
+            f"With units = {units}, at least 3 neurons must remain for the inter and command layers; "
+            f"about 0.3 * units ({max(1, int(0.3 * units))}) is typical",
         )
         sparsity = _check_fraction("sparsity_level", sparsity_level, "(0.0: densest, 0.5: default)")
         density = 1.0 - sparsity
