@@ -345,6 +345,64 @@ def test_raw_formats_of_other_datasets(tmp_path: Path, dataset: str) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def _sine_predictor() -> Predictor:
+    torch.manual_seed(0)
+    stats = {"inputs": {"names": ["sin_t", "cos_t"], "mean": [0.0, 0.0], "std": [1.0, 1.0]},
+             "target": {"names": ["sin_2t"], "mean": [0.0], "std": [1.0]}}
+    return Predictor(CfC(2, 8, proj_size=1), task="regression", normalization=stats, seq_len=48, dataset="sine")
+
+
+@pytest.mark.parametrize("columns", [["x", "y"], ["sin_t", "cos_t"], ["time"]])
+def test_a_missing_raw_column_names_it_and_what_the_model_takes(tmp_path: Path, columns: list[str]) -> None:
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({c: np.linspace(0, 1, 50) for c in columns}).to_csv(path, index=False)
+    with pytest.raises(ValueError) as raised:
+        predict_file(_sine_predictor(), path, tmp_path / "p.csv")
+    message = str(raised.value)
+    assert message.startswith(f"{path}: missing column(s) ['t'] (found {columns}). ")
+    assert "A sine run's model takes 2 features per step (sin_t, cos_t), computed from the raw column(s) ['t']" in message
+    assert "a column t (the time in radians" in message and "a .npy of shape (N, 48, 2)" in message
+
+
+def test_a_missing_traffic_column_says_what_the_model_takes(run_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    _traffic_frame().drop(columns=["date_time", "clouds_all"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['clouds_all', 'date_time'\] \(found \['holiday'") as raised:
+        predict_file(run_dir, path, tmp_path / "p.csv")
+    assert "A traffic run's model takes 7 features per step (holiday, temp, rain_1h, snow_1h, clouds_all, weekday, " \
+           "hour_sin)" in str(raised.value)
+
+
+def test_a_sine_time_that_is_not_a_number_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("t\n0.0\n0.1\nnoon\n")
+    with pytest.raises(ValueError, match=r"column 't', row 2 \(file line 4\): expected a finite number, found 'noon'"):
+        predict_file(_sine_predictor(), path, tmp_path / "p.csv", any_length=True)
+
+
+def test_raw_files_need_only_the_input_columns(run_dir: Path, tmp_path: Path) -> None:
+    """A file to predict for has no target: traffic without traffic_volume (and the unused weather
+    text), power without Date, Time and Global_active_power predict exactly as the full files."""
+    full = pd.read_csv(predict_file(run_dir, TRAFFIC_CSV, tmp_path / "full.csv"))
+    inputs_only = tmp_path / "traffic_inputs.csv"
+    _traffic_frame().drop(columns=["traffic_volume", "weather_main", "weather_description"]).to_csv(
+        inputs_only, index=False)
+    pd.testing.assert_frame_equal(pd.read_csv(predict_file(run_dir, inputs_only, tmp_path / "p.csv")), full)
+
+    from torchliquid.data import DATASETS
+
+    power = DATASETS["power"]
+    source = FIXTURES / "power" / "household_power_consumption.txt"
+    frame = power.read_frame(source)
+    stripped = tmp_path / "power_inputs.txt"
+    text = source.read_text().splitlines()
+    header = text[0].split(";")
+    keep = [i for i, name in enumerate(header) if name not in ("Date", "Time", "Global_active_power")]
+    stripped.write_text("\n".join(";".join(line.split(";")[i] for i in keep) for line in text) + "\n")
+    np.testing.assert_array_equal(power.features_from_frame(power.read_frame(stripped)),
+                                  power.features_from_frame(frame))
+
+
 def test_registering_the_commands_stays_light() -> None:
     """The CLI imports infer.commands at start-up: it must not pull in pandas, onnx or the data."""
     import subprocess

@@ -40,6 +40,15 @@ class DatasetError(ValueError):
     """
 
 
+class MissingColumnsError(DatasetError):
+    """A table lacks columns a dataset needs; ``missing`` and ``found`` list the column names."""
+
+    def __init__(self, message: str, missing: list[str], found: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
+        self.found = found
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
     """One split of windows.
@@ -130,6 +139,9 @@ class Dataset(abc.ABC):
     ``features_from_frame`` / ``targets_from_frame`` turn raw rows (as read from the original
     file format) into un-normalised ``(R, I)`` / ``(R, O)`` arrays; :func:`apply_normalization`
     with the saved ``DatasetSplits.normalization`` then gives exactly what the model saw.
+
+    ``raw_columns`` are the raw columns ``features_from_frame`` needs (empty for a headerless
+    format) and ``raw_input`` says in words what a raw file for prediction must look like.
     """
 
     name: str
@@ -139,6 +151,8 @@ class Dataset(abc.ABC):
     output_size: int
     feature_names: tuple[str, ...]
     target_names: tuple[str, ...]
+    raw_columns: tuple[str, ...] = ()
+    raw_input: str = ""
 
     @abc.abstractmethod
     def load(

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .base import DatasetError
+from .base import DatasetError, MissingColumnsError
 
 
 def show(value: Any) -> str:
@@ -50,9 +50,10 @@ def read_table(path: Path, *, what: str, header_lines: int, **kwargs: Any) -> pd
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], hint: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DatasetError(
-            f"{where(frame)}: missing column(s) {missing}; expected columns {list(columns)}, found "
-            f"{[str(c) for c in frame.columns]}. {hint}"
+        found = [str(c) for c in frame.columns]
+        raise MissingColumnsError(
+            f"{where(frame)}: missing column(s) {missing}; expected columns {list(columns)}, found {found}. {hint}".rstrip(),
+            missing, found,
         )
 
 

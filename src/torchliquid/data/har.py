@@ -57,6 +57,8 @@ class HarDataset(Dataset):
     # features.txt repeats 42 names (the bandsEnergy quirk), so features are identified by number.
     feature_names = tuple(f"feature_{i}" for i in range(1, N_FEATURES + 1))
     target_names = CLASS_NAMES
+    raw_input = (f"an X file in the UCI layout of train/X_train.txt or test/X_test.txt: no header, one 2.56 s frame "
+                 f"per line, {N_FEATURES} whitespace-separated feature values (already scaled to [-1, 1] by UCI)")
     train_stride = 1
     test_stride = 8
     val_fraction = 0.1

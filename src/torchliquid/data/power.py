@@ -53,6 +53,12 @@ class PowerDataset(Dataset):
     output_size = 1
     feature_names = MEASUREMENTS[1:]
     target_names = MEASUREMENTS[:1]
+    raw_columns = MEASUREMENTS[1:]
+    raw_input = ("the UCI text file: ';'-separated with a header line (Date;Time;Global_active_power;"
+                 "Global_reactive_power;Voltage;Global_intensity;Sub_metering_1;Sub_metering_2;Sub_metering_3), "
+                 "one row per minute, '?' for a missing minute (forward-filled; the first row must be complete); "
+                 "the 6 columns after Global_active_power are the inputs, so Date, Time and "
+                 "Global_active_power may be absent")
     stride = 32
     val_fraction = 0.1
     test_fraction = 0.15
@@ -117,33 +123,42 @@ class PowerDataset(Dataset):
         return dest
 
     def read_frame(self, path: str | Path) -> pd.DataFrame:
-        """Read a UCI-format file (``;``-separated, ``?`` = missing) and check its header."""
+        """Read a UCI-format file (``;``-separated, ``?`` = missing) and check its header.
+
+        Only the 6 input measurements are required here (a file to predict for may lack Date,
+        Time and the target); training's :meth:`_filled` requires all 7 measurements.
+        """
         path = Path(path)
         what = f"the UCI power text file with header {';'.join(UCI_COLUMNS)}"
         # All columns, not usecols: with usecols pandas silently drops surplus fields of a bad row.
         frame = read_table(path, what=what, header_lines=1, sep=";", na_values=["?"], low_memory=False)
-        require_columns(frame, UCI_COLUMNS, _FIX)
+        require_columns(frame, self.raw_columns, _FIX)
         return frame
 
     def features_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw rows (7 measurement columns, NaN = missing) -> forward-filled ``(R, 6)`` float32 inputs."""
-        return self._filled(frame)[:, 1:]
+        """Raw rows (NaN = missing) -> forward-filled ``(R, 6)`` float32 inputs.
+
+        With Global_active_power present, all 7 measurements are checked together (as in
+        training); without it, the 6 inputs alone.
+        """
+        columns = MEASUREMENTS if MEASUREMENTS[0] in frame.columns else MEASUREMENTS[1:]
+        return self._filled(frame, columns)[:, -len(self.feature_names):]
 
     def targets_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw rows -> forward-filled ``(R, 1)`` float32 Global_active_power."""
         return self._filled(frame)[:, :1]
 
-    def _filled(self, frame: pd.DataFrame) -> np.ndarray:
-        require_columns(frame, MEASUREMENTS, _FIX)
-        values = numeric(frame, MEASUREMENTS, allow_nan=True)
+    def _filled(self, frame: pd.DataFrame, columns: tuple[str, ...] = MEASUREMENTS) -> np.ndarray:
+        require_columns(frame, columns, _FIX)
+        values = numeric(frame, columns, allow_nan=True)
         partial = np.isnan(values).any(axis=1) & ~np.isnan(values).all(axis=1)
         if partial.any():
             i = int(np.argmax(partial))
-            column = MEASUREMENTS[int(np.argmax(np.isnan(values[i])))]
+            column = columns[int(np.argmax(np.isnan(values[i])))]
             raise DatasetError(
                 f"{where(frame)}: {row_label(frame, i)}: column {column!r} is missing but other measurements "
-                f"are present; expected 7 values or a missing-minute row ('?' in all 7). The row looks truncated. "
-                f"{_FIX}"
+                f"are present; expected {len(columns)} values or a missing-minute row ('?' in all {len(columns)}). "
+                f"The row looks truncated. {_FIX}"
             )
         return forward_fill(values, where=where(frame))
 

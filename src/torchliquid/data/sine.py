@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, DatasetError, DatasetSplits, check_options, identity_stats, make_normalization, make_split
+from .base import Dataset, DatasetSplits, check_options, identity_stats, make_normalization, make_split
+from .frames import numeric, read_table, require_columns
 
 N_POINTS = 48
 
@@ -24,6 +25,9 @@ class SineDataset(Dataset):
     output_size = 1
     feature_names = ("sin_t", "cos_t")
     target_names = ("sin_2t",)
+    raw_columns = ("t",)
+    raw_input = ("a CSV with a header line and a column t (the time in radians, e.g. 48 points over [0, 3π] as in "
+                 "training); each row becomes sin_t = sin(t), cos_t = cos(t); other columns are ignored")
 
     def times(self) -> np.ndarray:
         return np.linspace(0, 3 * np.pi, N_POINTS)
@@ -43,6 +47,13 @@ class SineDataset(Dataset):
             feature_names=self.feature_names, target_names=self.target_names,
         )
 
+    def read_frame(self, path: str | Path) -> pd.DataFrame:
+        """Read a CSV with a header line and a column ``t`` for :meth:`features_from_frame`."""
+        frame = read_table(Path(path), what="a CSV with a header line and a column t (time in radians)",
+                           header_lines=1)
+        require_columns(frame, self.raw_columns, _HINT)
+        return frame
+
     def features_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Column ``t`` -> ``[sin t, cos t]`` ``(R, 2)`` float32."""
         t = _times(frame)
@@ -53,7 +64,9 @@ class SineDataset(Dataset):
         return np.sin(2 * _times(frame))[:, None].astype(np.float32)
 
 
+_HINT = "Add a column t holding the time of each row in radians (the inputs are sin t and cos t)."
+
+
 def _times(frame: pd.DataFrame) -> np.ndarray:
-    if "t" not in frame.columns:
-        raise DatasetError(f"sine: expected a column 't' (time); found columns {list(frame.columns)}. Add it.")
-    return frame["t"].to_numpy(dtype=np.float64)
+    require_columns(frame, ("t",), _HINT)
+    return numeric(frame, ["t"], allow_nan=False)[:, 0]

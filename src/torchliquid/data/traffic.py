@@ -34,7 +34,9 @@ FILE_NAME = "Metro_Interstate_Traffic_Volume.csv"
 SHA256 = "749c90d720360a4215bb15345526073c079ba4cc95e3fa558796d083f85fce9e"  # uncompressed CSV
 URL = "https://archive.ics.uci.edu/static/public/492/metro+interstate+traffic+volume.zip"
 PAGE = "https://archive.ics.uci.edu/dataset/492/metro+interstate+traffic+volume"
-REQUIRED_COLUMNS = ("holiday", "temp", "rain_1h", "snow_1h", "clouds_all", "date_time", "traffic_volume")
+#: the raw columns the 7 inputs are computed from; training also needs the target traffic_volume
+FEATURE_COLUMNS = ("holiday", "temp", "rain_1h", "snow_1h", "clouds_all", "date_time")
+REQUIRED_COLUMNS = FEATURE_COLUMNS + ("traffic_volume",)
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _FIX = f"Use the original {FILE_NAME} from {PAGE}."
 
@@ -47,6 +49,11 @@ class TrafficDataset(Dataset):
     output_size = 1
     feature_names = ("holiday", "temp", "rain_1h", "snow_1h", "clouds_all", "weekday", "hour_sin")
     target_names = ("traffic_volume",)
+    raw_columns = FEATURE_COLUMNS
+    raw_input = ("the UCI CSV (comma-separated, header line) with the columns holiday (a holiday name or the "
+                 "string None), temp (Kelvin), rain_1h, snow_1h (mm), clouds_all (%) and date_time "
+                 "(YYYY-MM-DD HH:MM:SS), one row per hour; traffic_volume and the weather_* columns may be "
+                 "absent or present (they are not inputs)")
     stride = 1
     val_fraction = 0.2
     test_fraction = 0.1
@@ -95,15 +102,19 @@ class TrafficDataset(Dataset):
         return dest
 
     def read_frame(self, path: str | Path) -> pd.DataFrame:
-        """Read the CSV as strings-preserving frame (``keep_default_na=False``) and check its header."""
+        """Read the CSV as strings-preserving frame (``keep_default_na=False``) and check its header.
+
+        Only the input columns are required here (a file to predict for has no traffic_volume);
+        :meth:`targets_from_frame` requires the target.
+        """
         frame = read_table(Path(path), what=f"the UCI traffic CSV with columns {list(REQUIRED_COLUMNS)}",
                            header_lines=1, keep_default_na=False)
-        require_columns(frame, REQUIRED_COLUMNS, _FIX)
+        require_columns(frame, FEATURE_COLUMNS, _FIX)
         return frame
 
     def features_from_frame(self, frame: pd.DataFrame) -> np.ndarray:
         """Raw rows -> ``(R, 7)`` float32 inputs, before centring the temperature."""
-        require_columns(frame, REQUIRED_COLUMNS, _FIX)
+        require_columns(frame, FEATURE_COLUMNS, _FIX)
         holiday = _holiday_indicator(frame)
         temp, rain, snow, clouds = numeric(frame, ["temp", "rain_1h", "snow_1h", "clouds_all"], allow_nan=False).T
         stamps = _timestamps(frame)

@@ -4,12 +4,13 @@ Inputs, by extension:
 
     .npy                 numeric windows (N, T, I) or one window (T, I) of raw (un-normalised)
                          features, saved with numpy.save (no pickles).
-    anything else        a file in the dataset's RAW format (traffic: the UCI CSV; power: the
-    (.csv, .txt, .gz)    UCI ';' text; har: an X_*.txt file; sine: a CSV with column t). Its rows
-                         go through the dataset's own ``features_from_frame`` (e.g. traffic rows
-                         -> the 7 study features) and are cut into windows of the run's seq_len
-                         every ``stride`` rows (default seq_len: each row is predicted once; a
-                         last window ending at the final row covers a remainder).
+    anything else        a file in the dataset's RAW format (``Dataset.raw_input`` says what it
+    (.csv, .txt, .gz)    must hold; traffic: the UCI CSV; power: the UCI ';' text; har: an
+                         X_*.txt file; sine: a CSV with column t). Its rows go through the
+                         dataset's own ``features_from_frame`` (e.g. traffic rows -> the 7 study
+                         features) and are cut into windows of the run's seq_len every ``stride``
+                         rows (default seq_len: each row is predicted once; a last window ending
+                         at the final row covers a remainder).
 
 Outputs, by extension of ``output_path`` (default: next to the input, ``NAME.predictions.csv``
 for raw files and ``NAME.predictions.npy`` for .npy input), written atomically:
@@ -21,7 +22,8 @@ for raw files and ``NAME.predictions.npy`` for .npy input), written atomically:
            (N, T, C) in NAME.probabilities.npy beside it.
 
 Bad input raises ValueError naming the file and the row/column (malformed raw rows are reported
-by the dataset's reader), or the window/step/feature of a .npy value.
+by the dataset's reader; missing columns also say which features the model takes and from what),
+or the window/step/feature of a .npy value.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from torchliquid._atomic import atomic_write
-from torchliquid.data import get_dataset
+from torchliquid.data import Dataset, get_dataset
+from torchliquid.data.base import MissingColumnsError
 from torchliquid.data.frames import read_table
 
 from .predict import Prediction, Predictor
@@ -57,6 +60,20 @@ def _read_generic(path: Path) -> pd.DataFrame:
 RAW_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {"har": _read_har}
 
 
+def _names(names: tuple[str, ...], limit: int = 8) -> str:
+    return ", ".join(names) if len(names) <= limit else f"{', '.join(names[:3])}, ..., {names[-1]}"
+
+
+def expected_input(predictor: Predictor, dataset: Dataset) -> str:
+    """What a raw file for ``predictor`` must hold, in words (for error messages)."""
+    source = (f"the raw column(s) {list(dataset.raw_columns)} of each row" if dataset.raw_columns
+              else "each line")
+    return (f"A {dataset.name} run's model takes {predictor.input_size} features per step "
+            f"({_names(predictor.feature_names)}), computed from {source}; the raw input is "
+            f"{dataset.raw_input or 'the dataset file format'}. Or pass the features themselves as a .npy of "
+            f"shape (N, {predictor.seq_len or 'T'}, {predictor.input_size})")
+
+
 def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
     """Raw-format file -> un-normalised feature rows (R, I) via the run's dataset."""
     path = Path(path)
@@ -65,8 +82,12 @@ def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
                          "feature windows instead")
     dataset = get_dataset(predictor.dataset)
     reader = RAW_READERS.get(dataset.name) or getattr(dataset, "read_frame", None) or _read_generic
-    frame = reader(path)
-    rows = np.asarray(dataset.features_from_frame(frame))
+    try:
+        frame = reader(path)
+        rows = np.asarray(dataset.features_from_frame(frame))
+    except MissingColumnsError as error:
+        raise ValueError(f"{path}: missing column(s) {error.missing} (found {error.found}). "
+                         f"{expected_input(predictor, dataset)}.") from None
     if rows.ndim != 2 or rows.shape[1] != predictor.input_size:
         raise ValueError(f"{path}: the {dataset.name} rows give features of shape {rows.shape}, the model takes "
                          f"{predictor.input_size} per row")
