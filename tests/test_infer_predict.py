@@ -214,7 +214,7 @@ def _cell(frame: pd.DataFrame, row: int, column: str, value: str) -> pd.DataFram
 
 def test_file_errors(run_dir: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="cannot read a numeric array"):
+    with pytest.raises(ValueError, match=r"obj.npy holds Python objects \(dtype object\).*never unpickles"):
         predict_file(run_dir, tmp_path / "obj.npy")
     np.save(tmp_path / "w.npy", np.zeros((1, SEQ_LEN, FEATURES)))
     with pytest.raises(ValueError, match=r"output file must end in one of \['.csv', '.npy'\], got 'p.txt'"):
@@ -226,6 +226,38 @@ def test_file_errors(run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty-run").mkdir()
     with pytest.raises(CheckpointError, match="does not exist"):
         load(tmp_path / "empty-run")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b"\x00\x01garbage\xff" * 20, r"is not a valid \.npy array file: it does not start with the \.npy signature"),
+    (b"t\n0.0\n0.1\n", r"is not a valid \.npy array file: it starts with the text 't'; a CSV or text file"),
+    (b"", r": the file is empty, not a valid \.npy array file"),
+    (b"PK\x03\x04" + b"\x00" * 40, r"is not a valid \.npy array file: it is a zip archive \(numpy\.savez"),
+    (_npy_bytes(np.zeros((2, SEQ_LEN, FEATURES)))[:200], r"is not a valid \.npy array file: Failed to read all data"),
+    (_npy_bytes(np.zeros((2, SEQ_LEN, FEATURES)))[:40], r"is not a valid \.npy array file: its header cannot be read"),
+], ids=["garbage", "csv-renamed", "empty", "npz", "truncated-data", "truncated-header"])
+def test_a_file_that_is_not_npy_is_named_without_numpy_pickle_talk(run_dir: Path, tmp_path: Path, content: bytes,
+                                                                   match: str, monkeypatch) -> None:
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a .npy input must never be unpickled")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    path = tmp_path / "windows.npy"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as raised:
+        predict_file(run_dir, path, tmp_path / "out.csv")
+    assert str(path) in str(raised.value) and "pickle" not in str(raised.value)
+    assert "numpy.save(path, array.astype('float32'))" in str(raised.value)
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_a_failed_write_keeps_the_previous_output(run_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -23,7 +23,8 @@ for raw files and ``NAME.predictions.npy`` for .npy input), written atomically:
 
 Bad input raises ValueError naming the file and the row/column (malformed raw rows are reported
 by the dataset's reader; missing columns also say which features the model takes and from what),
-or the window/step/feature of a .npy value.
+the window/step/feature of a .npy value, or that a .npy file is not a numpy array file at all
+(it is never unpickled).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from .predict import Prediction, Predictor
 
 PathLike = Union[str, os.PathLike]
 OUTPUT_SUFFIXES = (".csv", ".npy")
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every file numpy.save writes
+ZIP_MAGIC = b"PK\x03\x04"  # numpy.savez (.npz)
+SAVE_HINT = "save windows with numpy.save(path, array.astype('float32'))"
 
 
 def _read_har(path: Path) -> pd.DataFrame:
@@ -121,16 +125,54 @@ def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     if path.suffix.lower() == ".npy":
-        try:
-            return np.load(path, allow_pickle=False), None
-        except ValueError as error:  # object arrays need pickles, which we refuse
-            raise ValueError(f"{path}: cannot read a numeric array ({error}); save windows with "
-                             "numpy.save(path, array.astype('float32'))") from None
+        return load_npy(path), None
     rows = read_raw_rows(predictor, path)
     length = predictor.seq_len or len(rows)
     if any_length and len(rows) < length:
         length = len(rows)
     return windows_from_rows(rows, length, stride or length, str(path))
+
+
+def load_npy(path: PathLike) -> np.ndarray:
+    """The array of a .npy file, never unpickled; ValueError naming the file if it is not one."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    if not head:
+        raise ValueError(f"{path}: the file is empty, not a valid .npy array file; {SAVE_HINT}")
+    if head.startswith(ZIP_MAGIC):
+        raise ValueError(f"{path} is not a valid .npy array file: it is a zip archive (numpy.savez writes those, "
+                         f"as .npz); {SAVE_HINT}")
+    if not head.startswith(NPY_MAGIC):
+        text = _looks_like_text(head)
+        what = (f"it starts with the text {text!r}; a CSV or text file in the dataset's raw format must not be "
+                "named .npy" if text else f"it does not start with the .npy signature {NPY_MAGIC!r}")
+        raise ValueError(f"{path} is not a valid .npy array file: {what}; {SAVE_HINT}")
+    header_readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as handle:
+            reader = header_readers.get(np.lib.format.read_magic(handle))
+            dtype = reader(handle)[2] if reader is not None else None  # (shape, fortran order, dtype)
+    except (ValueError, EOFError, OSError, SyntaxError) as error:
+        raise ValueError(f"{path} is not a valid .npy array file: its header cannot be read ({error}); "
+                         f"{SAVE_HINT}") from None
+    if dtype is not None and dtype.hasobject:
+        raise ValueError(f"{path} holds Python objects (dtype object), which only unpickling could read, and "
+                         f"torchliquid never unpickles files; {SAVE_HINT}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a valid .npy array file: {error}; {SAVE_HINT}") from None
+
+
+def _looks_like_text(head: bytes) -> str:
+    """The first line of ``head`` if it reads as text, else ''."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    first = text.splitlines()[0] if text.splitlines() else ""
+    return first[:40] if first and first.isprintable() else ""
 
 
 def _atomic(path: Path, write: Callable[[Any], None], mode: str) -> Path:
