@@ -260,6 +260,33 @@ def test_a_file_that_is_not_npy_is_named_without_numpy_pickle_talk(run_dir: Path
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_bad_npy_windows_name_the_file(run_dir: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.zeros((2, SEQ_LEN, 3)))
+    with pytest.raises(ValueError, match=r"w\.npy: windows must have 7 features per step"):
+        predict_file(run_dir, tmp_path / "w.npy")
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"s\.npy: windows must hold numbers, got dtype <U1 \(first value 'a'\)"):
+        predict_file(run_dir, tmp_path / "s.npy")
+
+
+def test_paths_and_options_of_the_wrong_kind_are_named(run_dir: Path, tmp_path: Path) -> None:
+    np.save(tmp_path / "w.npy", np.zeros((1, SEQ_LEN, FEATURES)))
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(ValueError, match=r"input .*folder\.csv is a folder; pass a file"):
+        predict_file(run_dir, tmp_path / "folder.csv")
+    with pytest.raises(ValueError, match=r"output .*folder\.csv is a folder; name a file ending in \.csv or \.npy"):
+        predict_file(run_dir, tmp_path / "w.npy", tmp_path / "folder.csv")
+    with pytest.raises(FileNotFoundError, match=r"run directory .*w\.npy is a file, not a folder"):
+        load(tmp_path / "w.npy")
+    with pytest.raises(ValueError, match=r"stride must be an int >= 1, got 0"):  # 0 was taken as "default"
+        predict_file(run_dir, TRAFFIC_CSV, tmp_path / "p.csv", stride=0)
+    with pytest.raises(ValueError, match=r"device 'tpu-ish' is not a torch device; use cpu, cuda or cuda:N"):
+        load(run_dir, device="tpu-ish")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' was requested but torch sees no CUDA GPU"):
+            load(run_dir, device="cuda")
+
+
 def test_a_failed_write_keeps_the_previous_output(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
     np.save(tmp_path / "w.npy", np.zeros((1, SEQ_LEN, FEATURES)))
     out = tmp_path / "p.npy"

@@ -112,7 +112,8 @@ def windows_from_rows(rows: np.ndarray, length: int, stride: int, where: str) ->
         raise ValueError(f"stride must be an int >= 1, got {stride!r}")
     if len(rows) < length:
         raise ValueError(f"{where}: {len(rows)} data rows, but the model's windows have {length} steps; provide "
-                         f"at least {length} rows (or pass any_length=True to predict one shorter window)")
+                         f"at least {length} rows (or pass any_length=True, --any-length on the command line, to "
+                         "predict one shorter window)")
     starts = window_starts(len(rows), length, stride)
     row_NT = starts[:, None] + np.arange(length)
     return rows[row_NT], row_NT
@@ -122,6 +123,8 @@ def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional
                  any_length: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """(raw windows, source rows (N, T) or None) from a .npy of windows or a raw-format file."""
     path = Path(input_path)
+    if path.is_dir():
+        raise ValueError(f"input {path} is a folder; pass a file (a .npy of windows or a raw data file)")
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     if path.suffix.lower() == ".npy":
@@ -130,7 +133,7 @@ def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional
     length = predictor.seq_len or len(rows)
     if any_length and len(rows) < length:
         length = len(rows)
-    return windows_from_rows(rows, length, stride or length, str(path))
+    return windows_from_rows(rows, length, length if stride is None else stride, str(path))
 
 
 def load_npy(path: PathLike) -> np.ndarray:
@@ -245,6 +248,13 @@ def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_p
     output = Path(output_path) if output_path is not None else default_output(input_path)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:  # fail before the (possibly long) prediction
         raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {output.name!r}")
+    if output.is_dir():
+        raise ValueError(f"output {output} is a folder; name a file ending in .csv or .npy")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     windows, rows = read_windows(predictor, input_path, stride=stride, any_length=any_length)
-    prediction = predictor.predict(windows, batch_size=batch_size, any_length=any_length)
+    try:
+        prediction = predictor.predict(windows, batch_size=batch_size, any_length=any_length)
+    except ValueError as error:  # the windows' shape or values: say which file they came from
+        raise ValueError(f"{input_path}: {error}") from None
     return write_prediction(prediction, output, rows)

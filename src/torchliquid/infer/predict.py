@@ -81,7 +81,7 @@ class Predictor:
         if not isinstance(normalization, Mapping) or not isinstance(normalization.get("inputs"), Mapping):
             raise ValueError("normalization must be the run's normalisation dict with an 'inputs' section "
                              f"(mean/std per feature), got {normalization!r:.200}")
-        self.device = torch.device(device)
+        self.device = check_device(device)
         self.model = model.to(self.device).eval()
         self.task = task
         self.normalization = dict(normalization)
@@ -103,8 +103,12 @@ class Predictor:
     def from_run(cls, run_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> "Predictor":
         """The predictor of a run directory written by ``torchliquid train`` (its checkpoint.pt)."""
         run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory {run_dir} is a file, not a folder; pass the --out folder of "
+                                    "torchliquid train")
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the --out of torchliquid train")
+        check_device(device)  # before the (possibly slow) checkpoint load
         payload, info = load_run(run_dir)
         spec = info.get("model")
         if not isinstance(spec, Mapping) or "name" not in spec:
@@ -147,7 +151,7 @@ class Predictor:
         array = np.asarray(windows)
         if array.dtype == bool or not (np.issubdtype(array.dtype, np.number) or array.dtype == object):
             raise ValueError(f"windows must hold numbers, got dtype {array.dtype}"
-                             + (f" (first value {array.flat[0]!r})" if array.size else ""))
+                             + (f" (first value {array.flat[0].item()!r})" if array.size else ""))
         if np.iscomplexobj(array):
             raise ValueError(f"windows must hold real numbers, got dtype {array.dtype}")
         if array.dtype == object:
@@ -210,6 +214,23 @@ class Predictor:
     def normalize(self, raw: Any) -> torch.Tensor:
         """Raw features (..., I) -> the normalised float tensor the model takes (no shape checks)."""
         return torch.as_tensor(apply_normalization(np.asarray(raw, dtype=np.float64), self.normalization, "inputs"))
+
+
+def check_device(device: Union[str, torch.device]) -> torch.device:
+    """``device`` as a torch.device this process can use; ValueError saying why not otherwise."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} was requested but torch sees no CUDA GPU (torch "
+                             f"{torch.__version__}); use --device cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {str(device)!r} does not exist: torch sees {count} CUDA GPU(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return resolved
 
 
 def _object_to_float(array: np.ndarray) -> np.ndarray:
