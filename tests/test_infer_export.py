@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,11 @@ def test_onnx_loop_export_any_batch_and_length(tmp_path: Path, name: str) -> Non
 @pytest.mark.parametrize("name", ["cfc-default", "cfc-mixed", "ltc-ncp"])
 def test_onnx_scan_export_any_batch_and_length(tmp_path: Path, name: str) -> None:
     model = _build(name)
-    path = export_onnx(model, tmp_path / "m.onnx", example_batch=EXAMPLE_B, example_length=EXAMPLE_T)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_onnx(model, tmp_path / "m.onnx", example_batch=EXAMPLE_B, example_length=EXAMPLE_T)
+    # torch's exporter calling torch's own deprecated APIs (pytree LeafSpec) is not the user's business
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     assert "Scan" in {node.op_type for node in onnx.load(str(path)).graph.node}
     _check_onnx_sequence(path, model, f"{name} (Scan)")
 
@@ -254,6 +259,24 @@ def test_verification_catches_a_frozen_time_axis() -> None:
     verify_onnx(data, model, "sequence", lengths=[5], batches=[2])  # fine at the traced length ...
     with pytest.raises(ExportError, match=r"time axis \(axis 1 of 'x'\) was frozen at export \(5 steps\)"):
         verify_onnx(data, model, "sequence", lengths=[9], batches=[2])  # ... wrong beyond it
+
+
+@pytest.mark.parametrize(("form", "checked"), [
+    ("sequence", f"whole sequences at batch {EXAMPLE_B} x {EXAMPLE_T} steps and batch {EXAMPLE_B + 1} x "
+                 f"{2 * EXAMPLE_T + 3} steps (longer than the {EXAMPLE_T} traced)"),
+    ("step", f"one step at batch {EXAMPLE_B} and {EXAMPLE_B + 1}"),
+])
+def test_a_passed_verification_is_reported_with_what_it_checked(tmp_path: Path, form: str, checked: str) -> None:
+    lines: list[str] = []
+    export_onnx(_build("cfc-default"), tmp_path / "m.onnx", form=form, exporter="torchscript",
+                example_batch=EXAMPLE_B, example_length=EXAMPLE_T, report=lines.append)
+    assert len(lines) == 1
+    assert lines[0].startswith(f"verified in onnxruntime against eager PyTorch: {checked}; every output matches, "
+                               "max abs difference ")
+    worst = float(lines[0].split("max abs difference ")[1].split(" ")[0])
+    assert 0 <= worst <= ONNX_TOL and lines[0].endswith(f"(tolerance {ONNX_TOL:g})")
+    export_onnx(_build("cfc-default"), tmp_path / "n.onnx", exporter="torchscript", verify=False, report=lines.append)
+    assert len(lines) == 1  # nothing verified, nothing reported
 
 
 def test_failed_verification_writes_nothing(tmp_path: Path) -> None:

@@ -354,6 +354,24 @@ def test_export_command_carries_the_preprocessing(run_dir: Path, tmp_path: Path,
     assert preprocessing["seq_len"] == SEQ_LEN and preprocessing["normalization"] == load(run_dir).normalization
 
 
+def test_export_command_prints_the_verification_and_quiet_silences_it(run_dir: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    argv = ["export", "--run", str(run_dir), "--format", "onnx", "--exporter", "torchscript"]
+    args = _parse(argv + ["--out", str(tmp_path / "a.onnx")])
+    assert args.run_command(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("verified in onnxruntime against eager PyTorch: whole sequences at batch 2 x 3 steps "
+                               "and batch 3 x 9 steps (longer than the 3 traced); every output matches, max abs "
+                               "difference ")
+    assert lines[1] == f"onnx (sequence) written to {tmp_path / 'a.onnx'}" and len(lines) == 2
+    args = _parse(argv + ["--out", str(tmp_path / "b.onnx"), "--quiet"])
+    assert args.run_command(args) == 0 and (tmp_path / "b.onnx").is_file()
+    assert capsys.readouterr() == ("", "")
+    args = _parse(argv + ["--out", str(tmp_path / "c.onnx"), "--no-verify"])
+    assert args.run_command(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "not verified (--no-verify): the file was not run in onnxruntime"
+
+
 def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) -> None:
     predictor = load(run_dir)
     raw = _raw(splits.test.x[:1], predictor.normalization)[0]

@@ -61,16 +61,20 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                    help="ONNX only: torch.export (Scan op, default) or the legacy TorchScript exporter (Loop op)")
     p.add_argument("--no-verify", action="store_true",
-                   help="ONNX only: skip running the file in onnxruntime against eager PyTorch")
+                   help="ONNX only: skip running the file in onnxruntime against eager PyTorch (by default "
+                        "it is run at two batch sizes and lengths and compared; the check is printed)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequence",
-               exporter: str = "dynamo", verify: bool = True) -> Path:
+               exporter: str = "dynamo", verify: bool = True,
+               report: Callable[[str], None] | None = None) -> Path:
     """Export the model of a run; the file's metadata carries the run's preprocessing.
 
     The exported graph takes NORMALISED inputs (as the model does); the metadata key
     "torchliquid.preprocessing" holds the normalisation statistics, feature and target names,
-    task and window length needed to prepare raw data.
+    task and window length needed to prepare raw data. ``report`` receives the line saying what
+    the ONNX verification checked, once it passed.
     """
     from torchliquid.infer.export import export_onnx, export_torchscript
     from torchliquid.infer.predict import Predictor
@@ -82,13 +86,17 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
                      "normalization": predictor.normalization}
     metadata = {"torchliquid.preprocessing": json.dumps(preprocessing)}
     if fmt == "onnx":
-        return export_onnx(predictor.model, path, form=form, exporter=exporter, verify=verify, metadata=metadata)
+        return export_onnx(predictor.model, path, form=form, exporter=exporter, verify=verify, metadata=metadata,
+                           report=report)
     return export_torchscript(predictor.model, path, form=form, metadata=metadata)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify)
-    print(f"{args.format} ({args.form}) written to {path}", flush=True)
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify, report=say)
+    if args.format == "onnx" and args.no_verify:
+        say("not verified (--no-verify): the file was not run in onnxruntime")
+    say(f"{args.format} ({args.form}) written to {path}")
     return 0
 
 
