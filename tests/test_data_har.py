@@ -190,6 +190,7 @@ def test_missing_x_lists_every_place(tiny_dir: Path, isolated: Path, download: b
     assert f"{tiny_dir / 'har' / 'UCI HAR Dataset'}  [data_dir]: missing train/X_train.txt[.gz]" in text
     assert str(isolated / "har" / "UCI HAR Dataset") in text
     assert ("download=False" in text) != download and ("network disabled in tests" in text) == download
+    assert not isolated.exists()  # a failed download removes the cache folders it created
 
 
 def test_data_dir_beats_cache(tiny_dir: Path, isolated: Path, tmp_path: Path) -> None:

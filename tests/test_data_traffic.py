@@ -196,6 +196,21 @@ def test_missing_file_lists_every_place(tmp_path: Path, isolated: Path, download
     assert "To fix: put Metro_Interstate_Traffic_Volume.csv" in text
 
 
+def test_a_failed_download_leaves_no_empty_cache_folder(tmp_path: Path, isolated: Path) -> None:
+    assert not isolated.exists()
+    with pytest.raises(DatasetError, match="download failed .*network disabled in tests"):
+        load_dataset("traffic", data_dir=tmp_path / "nowhere", progress=False)
+    assert not isolated.exists()  # the attempt created cache/ and cache/traffic/: both removed again
+    (isolated / "power").mkdir(parents=True)  # folders that were there before are kept
+    with pytest.raises(DatasetError, match="download failed"):
+        load_dataset("traffic", progress=False)
+    assert sorted(p.name for p in isolated.iterdir()) == ["power"]
+    (isolated / "traffic").mkdir()
+    with pytest.raises(DatasetError, match="download failed"):
+        load_dataset("traffic", progress=False)
+    assert (isolated / "traffic").is_dir()
+
+
 def test_data_dir_beats_cache(tmp_path: Path, isolated: Path) -> None:
     root = data_dir_with(tmp_path, FIXTURE.read_bytes())
     (isolated / "traffic").mkdir(parents=True)
@@ -249,15 +264,15 @@ def test_download_with_bad_checksum_leaves_nothing(monkeypatch: pytest.MonkeyPat
     text = str(info.value)
     assert FILE in text and traffic.SHA256 in text
     assert sources.hashlib.sha256(tampered).hexdigest() in text
-    leftovers = [p for p in isolated.rglob("*") if p.is_file()]
-    assert leftovers == [], f"partial files left behind: {leftovers}"
+    leftovers = list(isolated.rglob("*"))
+    assert leftovers == [], f"partial files or empty folders left behind: {leftovers}"
 
 
 def test_download_of_zip_without_the_member(monkeypatch: pytest.MonkeyPatch, isolated: Path) -> None:
     _serve(monkeypatch, _zip_with("readme.txt", b"nothing here"))
     with pytest.raises(DatasetError, match=r"not Metro_Interstate_Traffic_Volume.csv\[.gz\]"):
         load_dataset("traffic", progress=False)
-    assert [p for p in isolated.rglob("*") if p.is_file()] == []
+    assert not isolated.exists()  # no file, and no empty folder either
 
 
 @needs_real

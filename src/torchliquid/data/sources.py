@@ -7,7 +7,8 @@ then a download from UCI into the cache. Every file may also be gzipped (``name.
 
 Downloads go to a temporary file inside the destination folder; extracted members are
 SHA-256-checked (or size-checked where no hash is established) *before* ``os.replace`` moves
-them into place, so an interrupted or corrupt download never leaves a partial file behind.
+them into place, so an interrupted or corrupt download never leaves a partial file behind; the
+cache folders a failed attempt created are removed again while they are empty.
 """
 
 from __future__ import annotations
@@ -77,12 +78,15 @@ class Search:
 
     def try_download(self, download: bool, url: str, fetch: Callable[[], T]) -> T | None:
         """``fetch()`` when downloads are allowed; a refusal or failure is remembered for
-        :meth:`error` and gives None."""
+        :meth:`error` and gives None. Any failure (including a :class:`DatasetError` from a
+        failed check, which propagates) first removes the cache folders this attempt created,
+        if they are still empty."""
         if not download:
             self.looked.append(f"{url}: not downloaded (download=False)")
             return None
         try:
-            return fetch()
+            with removed_if_left_empty(cache_root() / self.folder):
+                return fetch()
         except (OSError, zipfile.BadZipFile) as exc:
             self.looked.append(f"{url}: download failed ({exc})")
             return None
@@ -90,6 +94,34 @@ class Search:
     def error(self, how_to_fix: str) -> DatasetError:
         places = "\n".join(f"  - {p}" for p in self.looked)
         return DatasetError(f"{self.dataset}: raw data not found. Looked in:\n{places}\nTo fix: {how_to_fix}")
+
+
+def _directories_under(path: Path) -> set[Path]:
+    if not path.is_dir():
+        return set()
+    return {path} | {Path(root) / name for root, names, _ in os.walk(path) for name in names}
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: Path) -> Iterator[None]:
+    """On an exception in the block, remove the folders it created at or under ``path`` (and
+    the missing ancestors of ``path`` it created) that are empty; folders that existed before,
+    or hold anything, are kept. The exception propagates."""
+    path = Path(path)
+    missing_ancestors = []
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing_ancestors.append(ancestor)
+        ancestor = ancestor.parent
+    before = _directories_under(path)
+    try:
+        yield
+    except BaseException:
+        created = sorted(_directories_under(path) - before, key=lambda p: len(p.parts), reverse=True)
+        for directory in created + missing_ancestors:  # deepest first
+            with contextlib.suppress(OSError):  # not empty (or already gone): keep it
+                directory.rmdir()
+        raise
 
 
 def find_file(directory: Path, relative: str) -> Path | None:
