@@ -384,10 +384,44 @@ def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) ->
     expected = predictor.predict(raw).values[:, 0]
     np.testing.assert_allclose(streamed[:SEQ_LEN], expected, rtol=1e-6)  # %.9g printing keeps 9 digits
     assert streamed[SEQ_LEN] == streamed[0]
-    with pytest.raises(ValueError, match=r"line 2, column 3: expected a number, got 'x'"):
+    with pytest.raises(ValueError, match=r"line 2 \(step 2\), column 3 \(rain_1h\): expected a number, got 'x'"):
         stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,6\n0,1,x,3,4,5,6\n"), io.StringIO())
-    with pytest.raises(ValueError, match=r"line 1: expected 7 comma-separated values .*got 3"):
+    with pytest.raises(ValueError, match=r"line 1 \(step 1\): expected 7 comma-separated values .*got 3"):
         stream_lines(str(run_dir), io.StringIO("1,2,3\n"), io.StringIO())
+
+
+@pytest.mark.parametrize(("text", "dt_column", "match", "written"), [
+    # lines count every input line from 1; steps count value lines from 1, again after a reset
+    ("# header\n\n0,1,2,3,4,5,6\n0,1,2,3,nan,5,6\n", False,
+     r"^line 4 \(step 2\), column 5 \(clouds_all\): got 'nan', expected a finite number; fill or drop", 1),
+    ("0,1,2,3,4,5,6\nreset\n0,1,2,3,4,5,inf\n", False, r"^line 3 \(step 1\), column 7 \(hour_sin\): got 'inf'", 1),
+    ("0,1,2,3,4,5,6,1\n0,1,2,3,4,5,6,-0.5\n", True,
+     r"^line 2 \(step 2\), column 8 \(dt\): got '-0.5', expected a finite elapsed time >= 0$", 1),
+    ("0,1,2,3,4,5,6\n", True, r"^line 1 \(step 1\): expected 8 comma-separated values \(holiday, .*, hour_sin, dt\)",
+     0),
+], ids=["nan-after-comment", "inf-after-reset", "negative-dt", "missing-dt"])
+def test_stream_messages_count_lines_and_steps_from_one(run_dir: Path, text: str, dt_column: bool, match: str,
+                                                        written: int) -> None:
+    out = io.StringIO()
+    with pytest.raises(ValueError, match=match):
+        stream_lines(str(run_dir), io.StringIO(text), out, dt_column=dt_column)
+    # one output line per step fed before the bad line, in input order
+    assert len(out.getvalue().splitlines()) == written
+
+
+def test_stream_command_files_and_help(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from torchliquid.cli import main
+
+    assert main(["stream", "--run", str(run_dir), "--input", str(tmp_path / "none.txt")]) == 2
+    assert capsys.readouterr().err == f"torchliquid stream: error: input file {tmp_path / 'none.txt'} does not exist\n"
+    assert main(["stream", "--run", str(run_dir), "--input", str(tmp_path)]) == 2
+    assert f"input {tmp_path} is a folder" in capsys.readouterr().err
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00garbage\n")
+    assert main(["stream", "--run", str(run_dir), "--input", str(tmp_path / "binary.txt")]) == 2
+    assert f"{tmp_path / 'binary.txt'}: not UTF-8 text" in capsys.readouterr().err
+    assert main(["stream", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Lines and steps are counted from 1: 'line N' is the N-th line of the input" in help_text
 
 
 @pytest.mark.parametrize("dataset", ["har", "sine"])

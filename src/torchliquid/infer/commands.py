@@ -14,7 +14,9 @@ import time (the heavy imports happen inside ``run``), so registering it keeps `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -103,19 +105,28 @@ def run_export(args: argparse.Namespace) -> int:
 # -- stream ----------------------------------------------------------------------------------------
 
 
+STREAM_NUMBERING = ("Lines and steps are counted from 1: 'line N' is the N-th line of the input (blank, '#' and "
+                    "'reset' lines included) and 'step K' the K-th value line since the start or the last 'reset'; "
+                    "the output has one line per step, in input order.")
+
+
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = f"{(p.description or '').rstrip('.')}. {STREAM_NUMBERING}".lstrip(". ")
     p.add_argument("--run", required=True, help="run directory written by torchliquid train")
     p.add_argument("--input", default="-",
-                   help="text with one step per line: I comma-separated raw feature values (default: stdin)")
+                   help="text with one step per line: I comma-separated raw feature values (default: stdin); "
+                        "blank and '#' lines are skipped, a line 'reset' starts a new sequence")
     p.add_argument("--dt-column", action="store_true",
-                   help="each line ends with one more value: the time elapsed since the previous line")
+                   help="each line ends with one more value: the time elapsed since the previous line (>= 0)")
 
 
 def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = False) -> int:
     """Feed ``lines`` one step at a time through the run's model; write one prediction per line.
 
     Blank lines and lines starting with '#' are skipped; a line "reset" starts a new sequence.
-    Returns the number of steps predicted. Raises ValueError naming the line of a bad value.
+    Returns the number of steps predicted. Raises ValueError naming the line (counted from 1,
+    every input line included) and the step (counted from 1 since the start or the last reset)
+    of a bad value; see :data:`STREAM_NUMBERING`.
     """
     import numpy as np
 
@@ -124,24 +135,35 @@ def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = Fal
 
     predictor = Predictor.from_run(run_dir)
     stream = Stream(predictor.model)
-    expected = predictor.input_size + (1 if dt_column else 0)
-    steps = 0
+    names = list(predictor.feature_names) + (["dt"] if dt_column else [])
+    steps, step = 0, 0  # steps written in all; the step number within the current sequence
     for number, line in enumerate(lines, start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         if text.lower() == "reset":
             stream.reset()
+            step = 0
             continue
+        step += 1
+        where = f"line {number} (step {step})"
         fields = [field.strip() for field in text.split(",")]
-        if len(fields) != expected:
-            raise ValueError(f"line {number}: expected {expected} comma-separated values "
-                             f"({', '.join(predictor.feature_names)}{', dt' if dt_column else ''}), got {len(fields)}")
+        if len(fields) != len(names):
+            raise ValueError(f"{where}: expected {len(names)} comma-separated values ({', '.join(names)}), "
+                             f"got {len(fields)}")
         try:
             values = np.array([float(field) for field in fields])
         except ValueError:
             bad = next(i for i, field in enumerate(fields) if not _is_float(field))
-            raise ValueError(f"line {number}, column {bad + 1}: expected a number, got {fields[bad]!r}") from None
+            raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): expected a number, got {fields[bad]!r}") from None
+        bad_values = ~np.isfinite(values)
+        if dt_column:
+            bad_values[-1] |= values[-1] < 0
+        if bad_values.any():
+            bad = int(np.argmax(bad_values))
+            is_dt = dt_column and bad == len(names) - 1
+            wanted = "a finite elapsed time >= 0" if is_dt else "a finite number; fill or drop missing values first"
+            raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): got {fields[bad]!r}, expected {wanted}")
         raw_TI, _ = predictor.check_windows(values[None, : predictor.input_size], any_length=True)
         dt = float(values[-1]) if dt_column else None
         y = stream.step(predictor.normalize(raw_TI[0, 0]), dt)  # (I,) -> (O,)
@@ -165,11 +187,25 @@ def _is_float(text: str) -> bool:
 
 
 def run_stream(args: argparse.Namespace) -> int:
-    if args.input == "-":
-        stream_lines(args.run, sys.stdin, sys.stdout, args.dt_column)
-    else:
-        with open(args.input, encoding="utf-8") as handle:
-            stream_lines(args.run, handle, sys.stdout, args.dt_column)
+    name = "<stdin>" if args.input == "-" else args.input
+    path = Path(args.input)
+    if args.input != "-" and path.is_dir():
+        raise ValueError(f"input {path} is a folder; pass a text file with one step per line, or - for stdin")
+    if args.input != "-" and not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    try:
+        if args.input == "-":
+            stream_lines(args.run, sys.stdin, sys.stdout, args.dt_column)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                stream_lines(args.run, handle, sys.stdout, args.dt_column)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{name}: not UTF-8 text ({error.reason}); expected one step per line of "
+                         "comma-separated numbers") from None
+    except BrokenPipeError:  # the reader went away (e.g. | head): stop quietly, as cat does
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return 0
     return 0
 
 
