@@ -169,6 +169,30 @@ def test_report_says_when_sine_predictions_are_missing(tmp_path: Path) -> None:
     assert "predictions_sine.npz" in md and not (out / "report" / "sine_predictions.png").exists()
 
 
+@pytest.mark.parametrize("with_t", [True, False])
+def test_sine_figure_labels_t_in_radians_and_keeps_the_legend_off_the_curves(tmp_path: Path, with_t: bool) -> None:
+    from torchliquid.experiments import plots
+
+    t = np.linspace(0, 3 * np.pi, 48).astype(np.float32)  # as the trainer writes it
+    arrays = {"target": np.sin(2 * t)[None, :, None], "before": np.zeros((1, 48, 1)),
+              "after": (0.9 * np.sin(2 * t))[None, :, None]}
+    np.savez(tmp_path / "p.npz", **arrays, **({"t": t} if with_t else {}))
+    predictions = plots.load_predictions(tmp_path / "p.npz")
+    fig = plots.sine_predictions_figure({"cfc": predictions, "ltc": predictions})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.get_legend() is None  # no legend inside a panel, on top of the curves
+        if with_t:
+            assert ax.get_xlabel() == "t (radians)"
+            assert [tick.get_text() for tick in ax.get_xticklabels()] == ["0", "π/2", "π", "3π/2", "2π", "5π/2", "3π"]
+        else:
+            assert ax.get_xlabel() == "Step"
+    (legend,) = fig.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["target sin(2t)", "before training", "after training"]
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
 def test_html_is_one_self_contained_page(tmp_path: Path) -> None:
     out = _results_dir(tmp_path)
     write_report(out, html=True)

@@ -6,7 +6,8 @@ PNG and returns its path, or None when there is nothing to draw.
 
 Sine predictions come from ``RUN_DIR/predictions_sine.npz`` written by the trainer: float arrays
 ``target``, ``before`` and ``after`` of shape (N, T, C), (T, C) or (T,) (the first sequence and
-output channel are drawn) and optionally ``t`` of shape (T,) with the time of each step.
+output channel are drawn) and optionally ``t`` of shape (T,) with the time of each step (radians
+for the sine task; the x axis says so). Without ``t`` the x axis is the step index.
 """
 
 from __future__ import annotations
@@ -151,17 +152,67 @@ def _series(array: np.ndarray) -> np.ndarray:
 
 
 def load_predictions(path: Path) -> Optional[dict[str, np.ndarray]]:
-    """target/before/after (and t) from a predictions_sine.npz; None when missing or malformed."""
+    """target/before/after (and t) from a predictions_sine.npz; None when missing or malformed.
+
+    Without a ``t`` array, ``t`` is the step index 0..T-1 and the result has no ``"t_is_time"``.
+    """
     try:
         with np.load(path) as data:
             out = {k: _series(data[k]) for k in ("target", "before", "after")}
             n = len(out["target"])
-            out["t"] = np.asarray(data["t"], dtype=float).reshape(-1) if "t" in data.files else np.arange(n)
+            has_t = "t" in data.files
+            out["t"] = np.asarray(data["t"], dtype=float).reshape(-1) if has_t else np.arange(n)
     except (OSError, KeyError, ValueError):
         return None
     if any(len(v) != n for v in out.values()):
         return None
+    if has_t:
+        out["t_is_time"] = np.array(True)
     return out
+
+
+def _pi_ticks(ax: Any, t: np.ndarray) -> None:
+    """x ticks at multiples of π/2 (labelled 0, π/2, π, ...) across the range of ``t``."""
+    if not len(t) or not np.all(np.isfinite(t)):
+        return
+    slack = 1e-4  # t saved as float32: 3π may land a hair above or below
+    halves = np.arange(np.ceil(t.min() / (np.pi / 2) - slack), np.floor(t.max() / (np.pi / 2) + slack) + 1)
+    if not 2 <= len(halves) <= 13:
+        return  # too few or too many for readable π labels: keep matplotlib's numbers
+
+    def label(k: int) -> str:
+        sign, k = ("−" if k < 0 else ""), abs(k)
+        if k == 0:
+            return "0"
+        whole = "π" if k == 2 else f"{k // 2}π"
+        return sign + (whole if k % 2 == 0 else "π/2" if k == 1 else f"{k}π/2")
+
+    ax.set_xticks(halves * np.pi / 2, [label(int(k)) for k in halves])
+
+
+def sine_predictions_figure(predictions: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """The figure of :func:`plot_sine_predictions` (not saved): one panel per model, one shared
+    legend below the panels, so it never covers a curve."""
+    models = sorted(predictions)
+    fig, axes = _figure(len(models), height=5.0)
+    for ax, model in zip(axes, models):
+        p = predictions[model]
+        ax.plot(p["t"], p["target"], color="black", linewidth=2.5, label="target sin(2t)")
+        ax.plot(p["t"], p["before"], color="#7f7f7f", linestyle="--", linewidth=1.8, label="before training")
+        ax.plot(p["t"], p["after"], color="#d62728", linewidth=2, label="after training")
+        mse = float(np.mean((p["after"] - p["target"]) ** 2))
+        ax.set_title(f"{model_name(model)} (MSE after training {mse:.3g})")
+        if "t_is_time" in p:
+            ax.set_xlabel("t (radians)")
+            _pi_ticks(ax, np.asarray(p["t"], dtype=float))
+        else:
+            ax.set_xlabel("Step")
+        ax.set_ylabel("Output (a.u.)")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+    fig.suptitle("Sine: predictions before and after training vs target", fontsize=14)
+    return fig
 
 
 def plot_sine_predictions(predictions: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> Optional[Path]:
@@ -170,20 +221,6 @@ def plot_sine_predictions(predictions: Mapping[str, Mapping[str, np.ndarray]], p
 
     if not predictions:
         return None
-    models = sorted(predictions)
     with matplotlib.rc_context(FONT):
-        fig, axes = _figure(len(models))
-        for ax, model in zip(axes, models):
-            p = predictions[model]
-            ax.plot(p["t"], p["target"], color="black", linewidth=2.5, label="target")
-            ax.plot(p["t"], p["before"], color="#7f7f7f", linestyle="--", linewidth=1.8, label="before training")
-            ax.plot(p["t"], p["after"], color="#d62728", linewidth=2, label="after training")
-            mse = float(np.mean((p["after"] - p["target"]) ** 2))
-            ax.set_title(f"{model_name(model)} (MSE after training {mse:.3g})")
-            ax.set_xlabel("Time step")
-            ax.set_ylabel("Output (a.u.)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(loc="best")
-        fig.suptitle("Sine: predictions before and after training vs target", fontsize=14)
-        return _save(fig, path)
+        return _save(sine_predictions_figure(predictions), path)
 
