@@ -20,7 +20,7 @@ FAKE_TRAIN = r"""
 import json, os, signal, sys
 run_dir, mode, cell, port = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 with open(os.path.join(run_dir, "argv.json"), "w") as f:
-    json.dump({"port": port, "pid": os.getpid()}, f)
+    json.dump({"port": port, "pid": os.getpid(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}, f)
 if mode == "fail":
     print("Traceback (most recent call last):", file=sys.stderr)
     print("RuntimeError: boom in " + cell["dataset"], file=sys.stderr)
@@ -72,8 +72,10 @@ def small_matrix(devices: Sequence[str] = ("cpu",), datasets: Sequence[str] = ("
 
 def result_dict(model: str, dataset: str, device: str, batch: int, seconds: float, *, epochs: int = 50,
                 world_size: int = 1, post: Optional[Mapping[str, float]] = None,
-                monitor: Optional[Mapping[str, Any]] = None, seed: int = 0) -> dict[str, Any]:
-    """A result.json in the trainer's schema; ``device`` is "cpu" or "cuda:0"."""
+                monitor: Optional[Mapping[str, Any]] = None, seed: int = 0,
+                threads: Optional[int] = None) -> dict[str, Any]:
+    """A result.json in the trainer's schema; ``device`` is "cpu" or "cuda:0"; ``threads`` is
+    the trainer's ``environment.threads`` (left out when None, as in old results)."""
     if post is None:
         post = {"loss": 0.4, "accuracy": 0.9} if dataset == "har" else {"loss": 0.2, "mse": 0.2, "mae": 0.35}
     out: dict[str, Any] = {
@@ -85,6 +87,8 @@ def result_dict(model: str, dataset: str, device: str, batch: int, seconds: floa
         "world_size": world_size}
     if monitor is not None:
         out["monitor"] = monitor
+    if threads is not None:
+        out["environment"]["threads"] = threads
     return out
 
 

@@ -17,7 +17,8 @@ from test_experiments_fakes import result_dict, store_record
 from torchliquid.experiments.report import compare_matrices, load_reference, write_report
 from torchliquid.experiments.store import ResultStore
 from torchliquid.monitor import summarize
-from torchliquid.experiments.tables import flatten, pivot, reference_table, speedup_table, utilisation_table
+from torchliquid.experiments.tables import (flatten, pivot, reference_table, speedup_pivot, speedup_table,
+                                            utilisation_table)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,50 @@ def test_speedup_table_arithmetic_from_result_dicts() -> None:
     assert by[("gpu:2", 1024)]["speedup"] is None and by[("gpu:2", 1024)]["efficiency"] is None
     assert "n/a" in table.text and "gpu:4" in table.text
     assert f"{t_cpu / 40.0:.3g}" in table.text
+
+
+def test_threads_are_shown_beside_every_device_and_in_the_speedup_rows() -> None:
+    records = [store_record(result_dict("cfc", "power", "cpu", 32, 80.0, threads=2), "cpu"),
+               store_record(result_dict("cfc", "power", "cpu", 32, 50.0, world_size=2, threads=1), "cpu:2")]
+    rows = [flatten(r) for r in records]
+    assert [r["threads"] for r in rows] == [2, 1]
+    t = pivot(rows, "power", "train_seconds", "time")
+    assert t.headers == ["Model", "Batch", "Epochs", "cpu (2 thr)", "cpu:2 (2x1 thr)"]
+    sp = speedup_pivot(rows, "power")
+    assert sp.headers[3:] == ["cpu (2 thr)", "cpu:2 (2x1 thr)"]
+    assert "every CPU device used 2 thread(s) in total, so CPU speed-ups compare equal core counts" in sp.note
+    two = next(r for r in sp.records if r["device"] == "cpu:2")
+    assert (two["threads"], two["cpu_threads"], two["speedup"]) == (1, 2, pytest.approx(80.0 / 50.0))
+    table = speedup_table(records)
+    assert table.text.splitlines()[0].split()[6:8] == ["Threads/proc", "Time"]
+    assert [line.split()[6] for line in table.text.splitlines()[2:]] == ["2", "1"]
+
+
+def test_unequal_thread_totals_are_called_out_and_the_runner_count_is_the_fallback() -> None:
+    baseline = store_record(result_dict("cfc", "power", "cpu", 32, 80.0), "cpu")  # no environment.threads
+    baseline["threads_per_process"] = 1  # ... but the runner pinned 1 (train_args --threads 1)
+    rows = [flatten(baseline), flatten(store_record(result_dict("cfc", "power", "cpu", 32, 50.0, world_size=2,
+                                                                threads=1), "cpu:2"))]
+    sp = speedup_pivot(rows, "power")
+    assert sp.headers[3:] == ["cpu (1 thr)", "cpu:2 (2x1 thr)"]
+    assert "different thread totals" in sp.note
+    old = [flatten(store_record(result_dict("cfc", "power", "cpu", 32, 80.0), "cpu"))]
+    assert old[0]["threads"] is None and pivot(old, "power", "train_seconds", "t").headers[3:] == ["cpu"]
+
+
+def test_cells_started_on_a_busy_machine_are_flagged(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    store = ResultStore(out / "results.jsonl")
+    idle = store_record(result_dict("cfc", "power", "cpu:2", 32, 50.0, world_size=2, threads=1), "cpu:2")
+    busy = store_record(result_dict("cfc", "power", "cpu", 32, 800.0, threads=2), "cpu")
+    idle["busy_cores_at_start"], busy["busy_cores_at_start"] = 0.1, 1.3
+    store.append(idle)
+    store.append(busy)
+    md = write_report(out).read_text()
+    assert (f"Warning: 1 of 2 cells started while other work kept cores busy (up to 1.3; {busy['cell_id']}). "
+            "Their times are inflated") in md
+    store.append({**busy, "busy_cores_at_start": 0.0})  # rerun on an idle machine
+    assert "Warning" not in write_report(out).read_text()
 
 
 def test_speedup_needs_matching_epochs() -> None:

@@ -23,6 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 quiet = lambda *_: None  # noqa: E731
 
 
+@pytest.fixture(autouse=True)
+def short_busy_sample(monkeypatch) -> None:
+    """The runner samples /proc/stat for 0.25 s before each cell; 10 ms keeps these tests fast."""
+    monkeypatch.setattr("torchliquid.experiments.runner.BUSY_SAMPLE_S", 0.01)
+
+
 def _store(out: Path) -> ResultStore:
     return ResultStore(out / "results.jsonl")
 
@@ -124,21 +130,78 @@ def test_multi_process_cells_get_a_free_port_and_single_ones_none(tmp_path: Path
     assert isinstance(ports["cpu:2"], int) and 1024 <= ports["cpu:2"] <= 65535
 
 
-def test_train_command_single_and_distributed(tmp_path: Path) -> None:
+def test_train_command_single_and_distributed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("torchliquid.runtime.available_cores", lambda: 8)
     single = train_command(CellSpec("har", "ltc", "cpu", 64, max_windows=10, data_dir="d"), tmp_path, None)
     assert single[:4] == [sys.executable, "-m", "torchliquid", "train"]
     flags = dict(zip(single[4::2], single[5::2]))
     assert flags == {"--model": "ltc", "--dataset": "har", "--epochs": "50", "--batch-size": "64", "--lr": "0.001",
-                     "--units": "64", "--device": "cpu", "--seed": "0", "--out": str(tmp_path), "--data-dir": "d",
-                     "--max-windows": "10"}
+                     "--units": "64", "--device": "cpu", "--seed": "0", "--out": str(tmp_path), "--threads": "8",
+                     "--data-dir": "d", "--max-windows": "10"}
     multi = train_command(CellSpec("har", "cfc", "gpu:4", 512), tmp_path, 29511)
     assert multi[1:8] == ["-m", "torch.distributed.run", "--nproc-per-node", "4", "--master-port", "29511", "-m"]
     rest = multi[8:]
     flags = dict(zip(rest[2::2], rest[3::2]))
     assert flags["--lr"] == "0.004" and flags["--lr-scaling"] == "none" and flags["--backend"] == "nccl"
-    assert flags["--device"] == "cuda" and flags["--batch-size"] == "512"
+    assert flags["--device"] == "cuda" and flags["--batch-size"] == "512" and flags["--threads"] == "2"
     with pytest.raises(ValueError, match="master port"):
         train_command(CellSpec("har", "cfc", "cpu:2", 64), tmp_path, None)
+
+
+@pytest.mark.parametrize(("device", "cores", "train_args", "threads"), [
+    ("cpu", 2, (), 2),               # one process: every core
+    ("cpu:2", 2, (), 1),             # N processes: cores // N each, the same cores in total
+    ("cpu:4", 8, (), 2),
+    ("cpu:4", 2, (), 1),             # more processes than cores: still 1 each
+    ("cpu", 2, ("--threads", "1"), 1),  # the matrix file's own --threads wins
+    ("cpu:2", 8, ("--threads=3",), 3),
+])
+def test_threads_are_pinned_per_cell(tmp_path: Path, monkeypatch, device: str, cores: int, train_args: tuple,
+                                     threads: int) -> None:
+    from torchliquid.experiments.runner import cell_threads
+
+    monkeypatch.setattr("torchliquid.runtime.available_cores", lambda: cores)
+    cell = CellSpec("power", "cfc", device, 32, train_args=train_args)
+    assert cell_threads(cell) == threads
+    argv = train_command(cell, tmp_path, 29500 if cell.nproc > 1 else None)
+    pinned = [a for a in argv if a.startswith("--threads")]
+    assert pinned == (["--threads"] if not train_args else [train_args[0]])  # once, never twice
+    value = argv[argv.index("--threads") + 1] if "--threads" in argv else train_args[0].partition("=")[2]
+    assert int(value) == threads
+
+
+def test_the_runner_pins_and_records_threads(tmp_path: Path, monkeypatch) -> None:
+    """1-process and 2-process CPU cells on a 2-core machine: 2 threads vs 1 thread per process,
+    in the launcher's environment (OMP_NUM_THREADS, so torchrun does not pick its own), in the
+    store and in the plan."""
+    monkeypatch.setattr("torchliquid.runtime.available_cores", lambda: 2)
+    m = small_matrix(devices=("cpu", "cpu:2"), batch_sizes=(1,))
+    lines: list[str] = []
+    run_matrix(m, tmp_path, launcher=FakeLauncher(), gpus=0, echo=lines.append)
+    latest = _store(tmp_path).latest()
+    plan = {c["cell_id"]: c for c in json.loads((tmp_path / "plan.json").read_text())["cells"]}
+    for cell, threads in zip(m.cells, (2, 1)):
+        assert latest[cell.cell_id]["threads_per_process"] == threads
+        assert plan[cell.cell_id]["threads_per_process"] == threads
+        seen = json.loads((tmp_path / latest[cell.cell_id]["run_dir"] / "argv.json").read_text())
+        assert seen["omp_num_threads"] == str(threads)
+    assert "1 process x 2 threads)" in lines[0] and "2 processes x 1 thread)" in lines[2]
+
+
+def test_busy_cores_reads_other_work_between_cells(monkeypatch) -> None:
+    from torchliquid.experiments import runner
+
+    stats = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  150 0 150 900 0 0 0 0 0 0\n"])  # 100 of 200 ticks busy
+    monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(next(stats)))
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.busy_cores(0.0) == 1.0  # half of 2 cores
+
+
+def test_the_store_records_how_busy_the_machine_was(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("torchliquid.experiments.runner.busy_cores", lambda: 1.25)
+    m = small_matrix(batch_sizes=(1,))
+    run_matrix(m, tmp_path, launcher=FakeLauncher(), gpus=0, echo=quiet)
+    assert _store(tmp_path).latest()[m.cells[0].cell_id]["busy_cores_at_start"] == 1.25
 
 
 def test_sigint_marks_the_running_cell_interrupted_and_stops(tmp_path: Path) -> None:

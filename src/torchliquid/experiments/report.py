@@ -21,8 +21,8 @@ from .cellfiles import summarize_stderr
 from .runner import is_running
 from .spec import load_matrix
 from .store import STORE_NAME, ResultStore, atomic_write_text, utc_now
-from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, device_sort_key, flatten, fmt, pivot, reference_table,
-                     speedup_pivot, utilisation_table)
+from .tables import (QUALITY_METRICS, dataset_name, model_name, Table, busy_note, device_sort_key, flatten, fmt, pivot,
+                     reference_table, speedup_pivot, utilisation_table)
 
 #: The study's published figures, shipped with the source tree.
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[3] / "configs" / "thesis_reference.csv"
@@ -148,6 +148,8 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
               + (f" {data['stale']} stored result(s) of cells no longer in matrix.toml are left out." if data["stale"] else "")
               + (f" {data['skipped_lines']} unreadable store line(s) skipped." if data["skipped_lines"] else "")),
     ]
+    if busy_note(rows):  # every time and speed-up below is affected
+        blocks.append(("p", busy_note(rows)))
     datasets = sorted({r["dataset"] for r in rows}, key=lambda d: ["sine", "har", "traffic", "power"].index(d)
                       if d in ("sine", "har", "traffic", "power") else 9)
     tables: dict[str, Table] = {}
@@ -167,7 +169,10 @@ def _blocks(data: dict[str, Any], rows: list[dict[str, Any]], reference: list[di
                 blocks.append(("img", f"report/{png.name}", f"Training time vs batch size, {ds}"))
         blocks.append(("h", 2, "Speed-up over the CPU baseline and scaling efficiency"))
         blocks.append(("p", "Speed-up S = T_cpu / T_n (training time of the single-process CPU run with the same "
-                            "batch size and epochs over this run's); efficiency E = S / n for n processes/GPUs."))
+                            "batch size and epochs over this run's); efficiency E = S / n for n processes/GPUs. "
+                            "The runner pins each cell's intra-op threads: a one-process cell gets every core, an "
+                            "n-process cell cores / n threads per process, so CPU cells use the same cores in total; "
+                            "column headers give processes x threads per process as the runs recorded them."))
         speed_records = []
         for ds in datasets:
             if {r["device"] for r in rows if r["dataset"] == ds} == {"cpu"}:

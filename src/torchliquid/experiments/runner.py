@@ -16,6 +16,17 @@ Launch (the default launcher, :func:`train_command`)::
 Multi-process cells get the already-scaled learning rate and ``--lr-scaling none``, so the lr
 in the command, in the store and in the trainer's config.json is the one used. A launcher is any
 callable ``(cell, run_dir, port) -> argv``; tests inject a tiny python script instead of training.
+
+Threads are pinned per cell, never left to the environment (torchrun sets ``OMP_NUM_THREADS=1``
+on its own, a plain process takes every core): a one-process cell gets all the cores this
+machine lets the runner use, an N-process cell ``cores // N`` threads per process (at least 1),
+so every cell of a CPU speed-up comparison uses the same cores in total. ``--threads`` in a
+cell's ``train_args`` overrides that. The count goes to the trainer as ``--threads`` and to every
+launcher's environment as ``OMP_NUM_THREADS``, and is stored with the cell
+(``threads_per_process``) for the report. Pinning cannot make a busy machine idle: threads that
+outnumber the free cores wait on each other (a 2-thread process on a 2-core machine with one core
+taken runs many times slower than 1 thread), so each record also stores ``busy_cores_at_start``,
+the cores other work kept busy just before the cell started, and the report flags such cells.
 """
 
 from __future__ import annotations
@@ -45,12 +56,42 @@ STDERR_TAIL_LINES = 25
 TERMINATE_GRACE_S = 30.0
 
 
+def _threads_argument(train_args: Sequence[str]) -> Optional[int]:
+    """The value of the last ``--threads N`` / ``--threads=N`` in ``train_args`` (None if absent or not an int)."""
+    value = None
+    for i, arg in enumerate(train_args):
+        if arg == "--threads" and i + 1 < len(train_args):
+            value = train_args[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.partition("=")[2]
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None  # the trainer rejects it with its own message
+
+
+def cell_threads(cell: CellSpec, cores: Optional[int] = None) -> int:
+    """Intra-op threads per process pinned for ``cell``: ``--threads`` from its train_args, else
+    ``cores`` (default: the cores this process may use) split evenly between its processes."""
+    explicit = _threads_argument(cell.train_args)
+    if explicit is not None:
+        return explicit
+    if cores is None:
+        from torchliquid.runtime import available_cores
+
+        cores = available_cores()
+    return max(1, cores // cell.nproc)
+
+
 def train_command(cell: CellSpec, run_dir: Path, port: Optional[int]) -> list[str]:
-    """argv of ``torchliquid train`` for ``cell`` (through torch.distributed.run when nproc > 1)."""
+    """argv of ``torchliquid train`` for ``cell`` (through torch.distributed.run when nproc > 1),
+    with its threads per process pinned (:func:`cell_threads`)."""
     args = ["-m", "torchliquid", "train", "--model", cell.model, "--dataset", cell.dataset,
             "--epochs", str(cell.epochs), "--batch-size", str(cell.batch_size), "--lr", repr(cell.lr),
             "--units", str(cell.units), "--device", "cuda" if cell.device_spec.kind == "gpu" else "cpu",
             "--seed", str(cell.seed), "--out", str(run_dir)]
+    if _threads_argument(cell.train_args) is None:  # train_args' own --threads is passed as written
+        args += ["--threads", str(cell_threads(cell))]
     if cell.data_dir is not None:
         args += ["--data-dir", cell.data_dir]
     if cell.max_windows is not None:
@@ -61,6 +102,36 @@ def train_command(cell: CellSpec, run_dir: Path, port: Optional[int]) -> list[st
         args = ["-m", "torch.distributed.run", "--nproc-per-node", str(cell.nproc), "--master-port",
                 str(port), *args, "--lr-scaling", "none", "--backend", cell.resolved_backend]
     return [sys.executable, *args, *cell.train_args]
+
+
+#: seconds :func:`busy_cores` samples /proc/stat over before each cell
+BUSY_SAMPLE_S = 0.25
+
+
+def busy_cores(interval: Optional[float] = None) -> Optional[float]:
+    """Cores kept busy by other work over ``interval`` seconds (default :data:`BUSY_SAMPLE_S`),
+    from /proc/stat; None off Linux.
+
+    Measured between cells, when none of ours runs, so everything counted is someone else's.
+    """
+    def sample() -> Optional[tuple[int, int]]:
+        try:
+            with open("/proc/stat", encoding="ascii") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal; guest time is already inside user
+
+    first = sample()
+    if first is None:
+        return None
+    time.sleep(BUSY_SAMPLE_S if interval is None else interval)
+    second = sample()
+    if second is None or second[0] <= first[0]:
+        return None
+    busy_share = 1.0 - (second[1] - first[1]) / (second[0] - first[0])
+    return round(max(0.0, busy_share) * (os.cpu_count() or 1), 2)  # /proc/stat covers every CPU
 
 
 def free_port() -> int:
@@ -109,7 +180,7 @@ class PlannedCell:
     def to_dict(self) -> dict[str, Any]:
         return {"cell_id": self.cell.cell_id, "action": self.action, "reason": self.reason,
                 "estimate_s": round(self.estimate_s, 1), "estimate_source": self.estimate_source,
-                "cell": self.cell.to_dict()}
+                "threads_per_process": cell_threads(self.cell), "cell": self.cell.to_dict()}
 
 
 @dataclass
@@ -128,12 +199,13 @@ class MatrixRun:
 
     def summary(self) -> str:
         """The plan as a text table, one line per cell, then the totals."""
-        lines = [f"{'#':>3}  {'cell':<44} {'action':<8} {'estimate':>9}  note"]
+        lines = [f"{'#':>3}  {'cell':<44} {'action':<8} {'estimate':>9}  {'procs x threads':<15}  note"]
         for i, p in enumerate(self.plan, 1):
             status = self.statuses.get(p.cell.cell_id, p.action)
             note = p.reason if p.action == "skip" else p.estimate_source
             est = "" if p.action in ("skip", "done") else _hms(p.estimate_s)
-            lines.append(f"{i:>3}  {p.cell.cell_id:<44} {status:<8} {est:>9}  {note}")
+            layout = f"{p.cell.nproc} x {cell_threads(p.cell)}"
+            lines.append(f"{i:>3}  {p.cell.cell_id:<44} {status:<8} {est:>9}  {layout:<15}  {note}")
         todo = [p for p in self.plan if p.action in ("run", "rerun")]
         lines.append(f"{len(self.plan)} cells: {len(todo)} to run (~{_hms(sum(p.estimate_s for p in todo))}), "
                      f"{self.count('done')} already done, {self.count('skip')} skipped on this machine")
@@ -223,7 +295,9 @@ def _run_plan(matrix: MatrixSpec, out_dir: Path, run: MatrixRun, store: ResultSt
         for i, p in enumerate(todo, 1):
             if guard.requested:
                 break
-            echo(f"[{i}/{len(todo)}] {p.cell.cell_id} ({p.action}, ~{_hms(p.estimate_s)})")
+            threads = cell_threads(p.cell)
+            echo(f"[{i}/{len(todo)}] {p.cell.cell_id} ({p.action}, ~{_hms(p.estimate_s)}, {p.cell.nproc} "
+                 f"process{'es' * (p.cell.nproc > 1)} x {threads} thread{'s' * (threads > 1)})")
             status = _run_cell(p.cell, out_dir, store, launcher, environment, guard, cell_timeout_s, echo)
             run.statuses[p.cell.cell_id] = status
         run.interrupted = guard.requested
@@ -243,10 +317,14 @@ def _run_cell(cell: CellSpec, out_dir: Path, store: ResultStore, launcher: Launc
     run_dir.mkdir(parents=True)
     port = free_port() if cell.nproc > 1 else None
     argv = [str(a) for a in launcher(cell, run_dir, port)]
+    threads = cell_threads(cell)
     base = {"cell_id": cell.cell_id, "cell": cell.to_dict(), "command": argv,
-            "run_dir": str(run_dir.relative_to(out_dir)), "environment": environment}
+            "run_dir": str(run_dir.relative_to(out_dir)), "environment": environment,
+            "threads_per_process": threads, "busy_cores_at_start": busy_cores()}
     store.append({**base, "status": "running"})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # logs are complete even when a cell is killed
+    # Logs are complete even when a cell is killed; threads pinned whatever the launcher (torchrun
+    # would otherwise set OMP_NUM_THREADS=1 for its workers while a plain process takes every core).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
     timed_out, exit_code = False, None
     try:

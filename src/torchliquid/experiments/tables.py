@@ -8,6 +8,11 @@ Speed-up follows the study: ``S_n = T_cpu / T_n`` where ``T`` is the training ti
 (``train_seconds``) and ``T_cpu`` the single-process CPU run of the same dataset, model, batch
 size (per process) and epochs; scaling efficiency ``E_n = S_n / n`` with ``n`` the process count
 (GPUs for ``gpu:N``). Several seeds of one configuration are averaged first.
+
+Threads: every row carries ``threads`` (intra-op threads per process: what the trainer recorded
+in ``result.environment.threads``, else what the runner pinned, ``threads_per_process``). Tables
+name them in the device columns (``cpu:2 (2x1 thr)``), so a speed-up of N processes is read
+against the threads of the baseline (N processes x T threads vs 1 process x N*T threads).
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
         "seed": cell.get("seed", result.get("seed")),
         "lr": result.get("lr", cell.get("base_lr")),
         "task": task,
+        "threads": _threads(result, record),
+        "busy_cores_at_start": _num(record.get("busy_cores_at_start")),
         "train_seconds": _num(result.get("train_seconds")),
         "wall_seconds": _num(record.get("wall_seconds")),
         "sequences_per_second": _num(result.get("sequences_per_second")),
@@ -126,6 +133,37 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
         if str(key).split("/")[-1] == "host" and isinstance(stats, Mapping)  # "host", "rank1/host"
     )
     return row
+
+
+def _threads(result: Mapping[str, Any], record: Mapping[str, Any]) -> Optional[int]:
+    """Intra-op threads per process: recorded by the trainer, else pinned by the runner."""
+    for value in ((result.get("environment") or {}).get("threads"), record.get("threads_per_process")):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
+
+
+def threads_label(nproc: int, threads: Optional[int]) -> str:
+    """``2 thr`` (one process) or ``2x1 thr`` (processes x threads each); '' when unknown."""
+    if threads is None:
+        return ""
+    return f"{threads} thr" if nproc == 1 else f"{nproc}x{threads} thr"
+
+
+def device_headers(rows: Sequence[Mapping[str, Any]], devices: Sequence[str]) -> list[str]:
+    """Column headers for ``devices``: ``cpu (2 thr)``, ``cpu:2 (2x1 thr)``; ``cpu:2 (threads vary)``
+    when its runs used different counts; the bare device when no run recorded its threads."""
+    headers = []
+    for device in devices:
+        counts = {r.get("threads") for r in rows if r["device"] == device}
+        nproc = int(device.partition(":")[2] or 1)
+        if counts == {None} or not counts:
+            headers.append(device)
+        elif len(counts - {None}) == 1:
+            headers.append(f"{device} ({threads_label(nproc, next(iter(counts - {None})))})")
+        else:
+            headers.append(f"{device} (threads vary)")
+    return headers
 
 
 def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
@@ -190,7 +228,7 @@ def pivot(rows: Sequence[Mapping[str, Any]], dataset: str, key: str, title: str,
     body = [[model_name(m), str(b), str(e)] + [fmt(values.get((dataset, m, d, b, e)), digits) if
                                            (dataset, m, d, b, e) in values else "" for d in devices]
             for m, b, e in lines]
-    return Table(title, ["Model", "Batch", "Epochs", *devices], body)
+    return Table(title, ["Model", "Batch", "Epochs", *device_headers(rows, devices)], body)
 
 
 class SpeedupTable(NamedTuple):
@@ -203,6 +241,7 @@ class SpeedupTable(NamedTuple):
 def speedup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Speed-up ``T_cpu / T_n`` and efficiency ``S / n`` per configuration (see module doc)."""
     seconds = averaged(rows, "train_seconds")
+    threads = _group_threads(rows)
     out = []
     for (dataset, model, device, batch, epochs), t in sorted(
             seconds.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]), kv[0][3] or 0, kv[0][4] or 0,
@@ -211,9 +250,20 @@ def speedup_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         n = int(device.partition(":")[2] or 1)
         s = base / t if base and t else None
         out.append({"dataset": dataset, "model": model, "batch_size": batch, "epochs": epochs,
-                    "device": device, "n": n, "seconds": t, "cpu_seconds": base, "speedup": s,
+                    "device": device, "n": n, "threads": threads.get((dataset, model, device, batch, epochs)),
+                    "cpu_threads": threads.get((dataset, model, "cpu", batch, epochs)),
+                    "seconds": t, "cpu_seconds": base, "speedup": s,
                     "efficiency": s / n if s is not None else None})
     return out
+
+
+def _group_threads(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, Optional[int]]:
+    """(dataset, model, device, batch_size, epochs) -> threads per process of its runs (None if unknown or mixed)."""
+    groups: dict[tuple, set] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model"], r["device"], r["batch_size"], r["epochs"]), set()).add(
+            r.get("threads"))
+    return {k: next(iter(v)) if len(v) == 1 else None for k, v in groups.items()}
 
 
 def speedup_table(results: Sequence[Mapping[str, Any]]) -> SpeedupTable:
@@ -230,12 +280,16 @@ def speedup_table(results: Sequence[Mapping[str, Any]]) -> SpeedupTable:
         [1.0, 2.5]
     """
     rows = speedup_rows([flatten(r) for r in results])
-    table = Table("Speed-up over CPU", ["Dataset", "Model", "Batch", "Epochs", "Device", "n", "Time (s)",
-                                        "CPU time (s)", "Speed-up", "Efficiency"],
+    table = Table("Speed-up over CPU", ["Dataset", "Model", "Batch", "Epochs", "Device", "n", "Threads/proc",
+                                        "Time (s)", "CPU threads", "CPU time (s)", "Speed-up", "Efficiency"],
                   [[str(r["dataset"]), model_name(r["model"]), str(r["batch_size"]), str(r["epochs"]), r["device"],
-                    str(r["n"]), fmt(r["seconds"]), fmt(r["cpu_seconds"]), fmt(r["speedup"], 3),
-                    fmt(r["efficiency"], 3)] for r in rows])
+                    str(r["n"]), _or_na(r["threads"]), fmt(r["seconds"]), _or_na(r["cpu_threads"]),
+                    fmt(r["cpu_seconds"]), fmt(r["speedup"], 3), fmt(r["efficiency"], 3)] for r in rows])
     return SpeedupTable(rows, table.text())
+
+
+def _or_na(value: Any) -> str:
+    return NA if value is None else str(value)
 
 
 def speedup_pivot(rows: Sequence[Mapping[str, Any]], dataset: str) -> Table:
@@ -252,9 +306,52 @@ def speedup_pivot(rows: Sequence[Mapping[str, Any]], dataset: str) -> Table:
             cells.append("" if r is None else NA if r["speedup"] is None else
                          f"{r['speedup']:.2f}x (E {r['efficiency']:.2f})")
         body.append([model_name(m), str(b), str(e), *cells])
-    return Table(f"{dataset_name(dataset)}: speed-up S = T_cpu/T_n (efficiency E = S/n)", ["Model", "Batch", "Epochs", *devices],
-                 body, note=("n/a: no single-process CPU run with the same batch size and epochs to compare with."
-                       if any(r["speedup"] is None for r in sp) else ""), records=sp)
+    notes = []
+    if any(r["speedup"] is None for r in sp):
+        notes.append("n/a: no single-process CPU run with the same batch size and epochs to compare with.")
+    notes.append(thread_note([r for r in rows if r["dataset"] == dataset]))
+    return Table(f"{dataset_name(dataset)}: speed-up S = T_cpu/T_n (efficiency E = S/n)",
+                 ["Model", "Batch", "Epochs", *device_headers([r for r in rows if r["dataset"] == dataset], devices)],
+                 body, note=" ".join(n for n in notes if n), records=sp)
+
+
+def thread_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on the threads of the CPU runs: cores used in total per device, and whether
+    the CPU devices used the same number (a fair comparison) or not."""
+    cpu = [r for r in rows if r["device_kind"] == "cpu"]
+    totals: dict[str, set] = {}
+    for r in cpu:
+        totals.setdefault(r["device"], set()).add(r["threads"] * r["nproc"] if r.get("threads") else None)
+    if not totals or all(v == {None} for v in totals.values()):
+        return "Threads per process were not recorded for these runs."
+    parts = [f"{d}: {threads_label(int(d.partition(':')[2] or 1), next(iter(_known(rows, d))))}"
+             for d in sorted(totals, key=device_sort_key) if len(_known(rows, d)) == 1]
+    used = {t for v in totals.values() for t in v if t is not None}
+    verdict = (f"every CPU device used {next(iter(used))} thread(s) in total, so CPU speed-ups compare equal "
+               "core counts" if len(used) == 1 else
+               "the CPU devices used different thread totals, so CPU speed-ups also reflect the extra threads")
+    return f"Intra-op threads per process ({', '.join(parts)}): {verdict}."
+
+
+#: other work on at least this many cores when a cell started makes its time suspect
+BUSY_THRESHOLD = 0.5
+
+
+def busy_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A warning naming the cells that started while other work kept cores busy ('' if none)."""
+    busy = [r for r in rows if (r.get("busy_cores_at_start") or 0.0) >= BUSY_THRESHOLD]
+    if not busy:
+        return ""
+    worst = max(r["busy_cores_at_start"] for r in busy)
+    names = ", ".join(sorted(str(r["cell_id"] or r["device"]) for r in busy)[:6]) + (", ..." if len(busy) > 6 else "")
+    return (f"Warning: {len(busy)} of {len(rows)} cells started while other work kept cores busy (up to {worst:g}; "
+            f"{names}). Their times are inflated, most where threads outnumber the free cores (a one-process "
+            "cell with every core), which inflates speed-ups over that baseline: rerun them on an idle machine "
+            "before comparing.")
+
+
+def _known(rows: Sequence[Mapping[str, Any]], device: str) -> set:
+    return {r["threads"] for r in rows if r["device"] == device and r.get("threads")}
 
 
 def utilisation_table(rows: Sequence[Mapping[str, Any]]) -> Table:
