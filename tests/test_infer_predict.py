@@ -372,6 +372,25 @@ def test_export_command_prints_the_verification_and_quiet_silences_it(run_dir: P
     assert capsys.readouterr().out.splitlines()[0] == "not verified (--no-verify): the file was not run in onnxruntime"
 
 
+def test_export_command_into_a_folder_and_without_onnxruntime(run_dir: Path, tmp_path: Path, capsys,
+                                                             monkeypatch) -> None:
+    from torchliquid.cli import main
+
+    argv = ["export", "--run", str(run_dir), "--format", "onnx", "--exporter", "torchscript", "--quiet"]
+    assert main(argv + ["--out", str(tmp_path)]) == 0  # an existing folder: the default name inside it
+    assert (tmp_path / "model.sequence.onnx").is_file()
+
+    def no_onnxruntime(data):
+        raise ImportError("verifying an ONNX export needs onnxruntime: pip install 'torchliquid[export]' "
+                          "(or onnxruntime), or pass verify=False")
+
+    monkeypatch.setattr("torchliquid.infer.export._session", no_onnxruntime)
+    assert main(argv + ["--out", str(tmp_path / "b.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("torchliquid export: error: verifying an ONNX export needs onnxruntime") and "--no-verify" in err
+    assert err.count("\n") == 1 and not (tmp_path / "b.onnx").exists()
+
+
 def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) -> None:
     predictor = load(run_dir)
     raw = _raw(splits.test.x[:1], predictor.normalization)[0]

@@ -59,7 +59,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
     p.add_argument("--form", choices=["sequence", "step"], default="sequence",
                    help="whole sequences with dynamic batch and time (default), or one step (x, h, dt)")
-    p.add_argument("--out", default=None, help="output file (default: RUN/model.FORM.onnx or .torchscript.pt)")
+    p.add_argument("--out", default=None,
+                   help="output file, or a folder to put the default name in (default: RUN/model.FORM.onnx or "
+                        "RUN/model.FORM.torchscript.pt)")
     p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
                    help="ONNX only: torch.export (Scan op, default) or the legacy TorchScript exporter (Loop op)")
     p.add_argument("--no-verify", action="store_true",
@@ -81,8 +83,13 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
     from torchliquid.infer.export import export_onnx, export_torchscript
     from torchliquid.infer.predict import Predictor
 
+    if fmt not in DEFAULT_EXPORT_NAMES:
+        raise ValueError(f"format must be one of {list(DEFAULT_EXPORT_NAMES)}, got {fmt!r}")
     predictor = Predictor.from_run(run_dir)
-    path = Path(out) if out else Path(run_dir) / DEFAULT_EXPORT_NAMES[fmt].format(form=form)
+    default_name = DEFAULT_EXPORT_NAMES[fmt].format(form=form)
+    path = Path(out) if out else Path(run_dir) / default_name
+    if path.is_dir():  # --out FOLDER: the default file name inside it
+        path = path / default_name
     preprocessing = {"task": predictor.task, "dataset": predictor.dataset, "seq_len": predictor.seq_len,
                      "feature_names": list(predictor.feature_names), "target_names": list(predictor.target_names),
                      "normalization": predictor.normalization}
@@ -95,7 +102,12 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
 
 def run_export(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
-    path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify, report=say)
+    try:
+        path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify, report=say)
+    except ImportError as error:  # onnx/onnxruntime/onnxscript not installed: one line, not a traceback
+        message = str(error).replace("verify=False", "--no-verify")
+        raise ValueError(message if "pip install" in message else
+                         f"{message}; install the export extras: pip install 'torchliquid[export]'") from None
     if args.format == "onnx" and args.no_verify:
         say("not verified (--no-verify): the file was not run in onnxruntime")
     say(f"{args.format} ({args.form}) written to {path}")
