@@ -130,6 +130,16 @@ def test_bad_matrix_file_errors_name_file_key_and_allowed(tmp_path: Path, text: 
         assert needle in str(info.value)
 
 
+def test_a_missing_folder_or_binary_matrix_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"matrix file .*none\.toml does not exist; see configs/quick\.toml"):
+        load_matrix(tmp_path / "none.toml")
+    with pytest.raises(ValueError, match=r"is a folder; pass a matrix TOML file"):
+        load_matrix(tmp_path)
+    (tmp_path / "b.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"b\.toml: not a text \(UTF-8\) file"):
+        load_matrix(tmp_path / "b.toml")
+
+
 def test_override_changes_only_matching_cells() -> None:
     m = parse_matrix({"defaults": {"models": ["cfc", "ltc"], "epochs": 50},
                       "grid": [{"datasets": ["sine"], "devices": ["cpu", "gpu:2"], "batch_sizes": [1]}],

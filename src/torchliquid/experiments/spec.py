@@ -250,7 +250,14 @@ def load_matrix(path: str | Path) -> MatrixSpec:
             the key, and lists the allowed values.
     """
     path = Path(path)
-    text = path.read_text()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass a matrix TOML file, e.g. configs/quick.toml")
+    if not path.is_file():
+        raise FileNotFoundError(f"matrix file {path} does not exist; see configs/quick.toml and configs/thesis.toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (UTF-8) file; expected a matrix TOML file") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
