@@ -503,6 +503,13 @@ def test_a_missing_traffic_column_says_what_the_model_takes(run_dir: Path, tmp_p
            "hour_sin)" in str(raised.value)
 
 
+def test_a_file_with_the_wrong_separator_is_told_so(run_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    _traffic_frame().to_csv(path, index=False, sep=";")
+    with pytest.raises(ValueError, match=r"The header was read as one column: the file's separator is not the one"):
+        predict_file(run_dir, path, tmp_path / "p.csv")
+
+
 def test_a_sine_time_that_is_not_a_number_is_named(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("t\n0.0\n0.1\nnoon\n")

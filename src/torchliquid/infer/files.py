@@ -90,7 +90,10 @@ def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
         frame = reader(path)
         rows = np.asarray(dataset.features_from_frame(frame))
     except MissingColumnsError as error:
-        raise ValueError(f"{path}: missing column(s) {error.missing} (found {error.found}). "
+        merged = len(error.found) == 1 and any(sep in error.found[0] for sep in ",;\t")
+        hint = " The header was read as one column: the file's separator is not the one this format uses." \
+            if merged else ""
+        raise ValueError(f"{path}: missing column(s) {error.missing} (found {error.found}).{hint} "
                          f"{expected_input(predictor, dataset)}.") from None
     if rows.ndim != 2 or rows.shape[1] != predictor.input_size:
         raise ValueError(f"{path}: the {dataset.name} rows give features of shape {rows.shape}, the model takes "
