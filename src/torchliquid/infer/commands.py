@@ -30,8 +30,9 @@ DEFAULT_EXPORT_NAMES = {"onnx": "model.{form}.onnx", "torchscript": "model.{form
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory written by torchliquid train")
     p.add_argument("--input", required=True,
-                   help="a .npy of raw feature windows (N, T, I), or a file in the dataset's raw format "
-                        "(e.g. the traffic CSV)")
+                   help="a .npy of raw feature windows (N, T, I), or a file in the run's dataset's raw format: "
+                        "sine: a CSV with a column t (radians); traffic: the UCI CSV; power: the UCI ';' text "
+                        "file; har: an X_*.txt file (README, Inference, lists the columns)")
     p.add_argument("--output", default=None,
                    help=".csv or .npy (default: INPUT.predictions.csv|.npy beside the input)")
     p.add_argument("--stride", type=int, default=None,
