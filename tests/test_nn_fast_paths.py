@@ -16,7 +16,8 @@ The product of every option would be ~10^5 cases of the same few code paths. The
 orthogonal grids, each crossed with every implementation: what the CfC cell computes (mode x
 backbone depth x timespans), what surrounds it (dense/FC/AutoNCP wiring x proj x mode), the
 layout, the LTC (wiring x mappings x implicit constraints x timespans), and batch x length for
-each. Mixed memory is a coverage gap: "auto" equals "reference" there, a named kernel raises.
+each. Mixed memory runs mixed_fused under every kernel name but "jit"/"compile", which refuse it
+(its own sweep against the reference and ncps: tests/test_nn_mixed_fused.py).
 """
 
 from __future__ import annotations
@@ -225,18 +226,16 @@ def test_ltc_layouts_and_timespans_equal_reference(implementation, layout, times
 
 
 @pytest.mark.parametrize("implementation", CFC_IMPLEMENTATIONS + LTC_IMPLEMENTATIONS[1:])
-def test_mixed_memory_runs_reference_under_auto_and_refuses_a_named_kernel(implementation):
+def test_mixed_memory_runs_the_kernels_except_jit_and_compile(implementation):
     layer_class = LTC if implementation in ("native", "torch-sparse", "torch-dense") else CfC
     torch.manual_seed(7)
-    model = layer_class(I, tl_wirings.AutoNCP(8, 2), mixed_memory=True)
-    if implementation == "auto":
-        assert model.resolve_implementation(torch.zeros(2, 3, I)) == "reference"
-        _check_against_reference(model, "auto", timespans="per_sample")
+    model = layer_class(I, tl_wirings.AutoNCP(8, 2), mixed_memory=True, implementation=implementation)
+    if implementation in ("jit", "compile"):
+        with pytest.raises(ValueError, match="no mixed-memory form"):
+            model(torch.zeros(2, 3, I))
         return
-    with pytest.raises(ValueError, match="cannot run this .*mixed_memory=True.*implementation='auto'"):
-        model.implementation = implementation
-    with pytest.raises(ValueError, match="mixed_memory=True"):
-        layer_class(I, tl_wirings.AutoNCP(8, 2), mixed_memory=True, implementation=implementation)
+    assert model.resolve_implementation(torch.zeros(2, 3, I)) != "reference"
+    _check_against_reference(model, implementation, timespans="per_sample")
 
 
 def test_backbone_dropout_is_covered_in_eval_mode_only():

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import _fused_native as native
-from . import cfc_fused, ltc_fused
+from . import cfc_fused, ltc_fused, mixed_fused
 from .cfc_cell import CfCCell
 from .sequence import Runner, SequenceLayer, State
 
@@ -100,7 +100,9 @@ def _cfc_runner(kernel: str) -> Runner:
     def run(
         layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
     ) -> tuple[torch.Tensor, State]:
-        h_BU, _ = state  # no cell state: mixed memory is a coverage gap (cfc_coverage_gap)
+        if layer.use_mixed:
+            return _mixed_cfc(layer, x_BTI, dt_BT1, state, kernel)
+        h_BU, _ = state
         dt_BT1 = _kernel_dt(x_BTI, dt_BT1)
         cell = layer.rnn_cell
         cells = list(cell._layers) if layer.wired_mode else [cell]
@@ -134,8 +136,6 @@ CFC_IMPLEMENTATIONS: dict[str, Runner] = {
 def cfc_coverage_gap(layer: Any, dynamic: bool = True) -> Optional[str]:
     """Why the CfC kernels cannot run this layer, or None. ``dynamic``: include state that
     changes between calls (training mode)."""
-    if layer.use_mixed:
-        return "mixed_memory=True (the LSTM and the cell alternate every step)"
     if dynamic and any(isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in layer.rnn_cell.modules()):
         return "backbone_dropout > 0 in training mode (the kernels have no dropout; eval mode is covered)"
     return None
@@ -154,7 +154,9 @@ def _ltc_runner(backend: str) -> Runner:
     def run(
         layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State
     ) -> tuple[torch.Tensor, State]:
-        v0_BU, _ = state  # no cell state: mixed memory is a coverage gap (ltc_coverage_gap)
+        if layer.use_mixed:
+            return _mixed_ltc(layer, x_BTI, dt_BT1, state, backend)
+        v0_BU, _ = state
         cell = layer.rnn_cell
         positive = cell._positive  # softplus or identity, exactly as LTCCell._step
         v_BTU = ltc_fused.ltc_sequence(
@@ -181,8 +183,6 @@ LTC_IMPLEMENTATIONS: dict[str, Runner] = {
 
 def ltc_coverage_gap(layer: Any, dynamic: bool = True) -> Optional[str]:
     """Why the LTC kernels cannot run this layer, or None (``dynamic`` as cfc_coverage_gap)."""
-    if layer.use_mixed:
-        return "mixed_memory=True (the LSTM and the cell alternate every step)"
     return None
 
 
@@ -193,3 +193,68 @@ def auto_ltc(layer: Any, x_BTI: torch.Tensor) -> str:
         return "native"
     density = ltc_fused.synapse_index(layer.rnn_cell.sparsity_mask).density
     return "torch-sparse" if density < ltc_fused.SPARSE_BELOW else "torch-dense"
+
+
+# -------------------------------------------------------------------------------- mixed memory
+# With mixed_memory=True the LSTM and the cell alternate every step, so the runners above hand
+# the layer to mixed_fused (the LSTM and the cell step in one Function): CfC "function" with its
+# C element-wise kernels, "function-torch" with torch ops; every LTC backend steps its own
+# recurrence. "jit" and "compile" have no mixed-memory form and refuse at forward time (the
+# coverage check cannot tell kernel names apart).
+
+MIXED_CFC_KERNELS = ("function", "function-torch")
+
+
+def _lstm_arguments(layer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    lstm = layer.lstm
+    return lstm.input_map.weight, lstm.input_map.bias, lstm.recurrent_map.weight
+
+
+def _first_order_mixed(y_BTM: torch.Tensor, h_BU: torch.Tensor, c_BU: torch.Tensor) -> tuple[torch.Tensor, State]:
+    y_BTM, h_BU = _first_order_only(y_BTM, h_BU)
+    if c_BU.requires_grad:  # a loss may read c_n alone
+        c_BU.register_hook(_refuse_double_backward)
+    return y_BTM, (h_BU, c_BU)
+
+
+def _mixed_cfc(
+    layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State, kernel: str
+) -> tuple[torch.Tensor, State]:
+    if kernel not in MIXED_CFC_KERNELS:
+        raise ValueError(
+            f"implementation={kernel!r} has no mixed-memory form (mixed_memory=True runs "
+            f"{MIXED_CFC_KERNELS}); use implementation='auto' or 'reference'"
+        )
+    if dt_BT1 is not None and dt_BT1.requires_grad:  # d/d(dt) is not in the fused backward
+        return SequenceLayer._reference_sequence(layer, x_BTI, dt_BT1, state)
+    cell = layer.rnn_cell
+    cells = list(cell._layers) if layer.wired_mode else [cell]
+    h0_BU, c0_BU = state
+    h, c_BU = mixed_fused.mixed_cfc_sequence(
+        x_BTI, h0_BU, c0_BU, _kernel_dt(x_BTI, dt_BT1), *_lstm_arguments(layer),
+        [_cfc_cell_arguments(sub) for sub in cells], use_native=kernel == "function",
+        return_sequences=layer.return_sequences,
+    )  # fmt: skip
+    h_BTU = h if layer.return_sequences else h.unsqueeze(1)
+    # The output is the last stage's motor neurons: they open the last wiring layer's block.
+    first = cell.state_size - cells[-1].hidden_size if layer.wired_mode else 0
+    y_BTM = h_BTU[..., first : first + cell.motor_size] if layer.wired_mode else h_BTU
+    return _first_order_mixed(y_BTM, h_BTU[:, -1].clone(), c_BU)  # h_n never aliases y
+
+
+def _mixed_ltc(
+    layer: Any, x_BTI: torch.Tensor, dt_BT1: Optional[torch.Tensor], state: State, backend: str
+) -> tuple[torch.Tensor, State]:
+    cell = layer.rnn_cell
+    positive = cell._positive
+    h0_BU, c0_BU = state
+    v, c_BU = mixed_fused.mixed_ltc_sequence(
+        x_BTI, cell._map_inputs(x_BTI), h0_BU, c0_BU, dt_BT1, *_lstm_arguments(layer),
+        positive(cell.sensory_w), cell.sensory_mu, cell.sensory_sigma, cell.sensory_erev,
+        cell.sensory_sparsity_mask, positive(cell.cm), positive(cell.gleak), cell.vleak,
+        positive(cell.w), cell.mu, cell.sigma, cell.erev, cell.sparsity_mask,
+        unfolds=cell.ode_unfolds, epsilon=cell.epsilon, backend=backend,
+        return_sequences=layer.return_sequences,
+    )  # fmt: skip
+    v_BTU = v if layer.return_sequences else v.unsqueeze(1)
+    return _first_order_mixed(cell._map_outputs(v_BTU), v_BTU[:, -1].clone(), c_BU)
