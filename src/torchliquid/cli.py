@@ -61,7 +61,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wiring", choices=["autoncp", "fc"], default=None,
                    help="wiring; default: none for cfc, autoncp for ltc (as the study)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (default) or bf16 autocast for forward and loss")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay each full batch's training step (forward, loss, backward, Adam) "
+                        "as one captured CUDA graph: O(1) launches per step. Needs --device "
+                        "cuda and one process; the last partial batch and evaluation run eagerly")
     p.add_argument("--seed", type=int, default=0, help="seeds the model, batches and data split")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATASET-TIME)")
     p.add_argument("--data-dir", default=None, help="folder with traffic/, power/, har/")
@@ -125,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
                           log_every=args.log_every, lr_scaling=args.lr_scaling,
                           backend=args.backend, checkpoint_steps=args.checkpoint_every,
                           monitor_interval=args.monitor_interval,
-                          deterministic=args.deterministic),
+                          deterministic=args.deterministic, cuda_graphs=args.cuda_graphs),
         out_dir=out)
     try:
         train_run(run, resume=args.resume, overwrite=args.overwrite,

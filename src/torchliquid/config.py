@@ -68,6 +68,10 @@ class TrainConfig:
             check is one host sync; 1 stops at the exact step that went bad.
         quiet: print nothing except errors.
         log_every: print a progress line every this many epochs (and always the last).
+        cuda_graphs: capture the training step of a full batch (forward, loss, backward, Adam)
+            as one CUDA graph and replay it for every full batch (``torch.cuda.CUDAGraph``; see
+            :mod:`torchliquid.train.graphs`). Needs device "cuda" (or "auto" on a GPU machine)
+            and one process; the epoch's last partial batch and evaluation run eagerly.
     """
 
     epochs: int = 50
@@ -87,6 +91,7 @@ class TrainConfig:
     checkpoint_steps: int = 0
     monitor_interval: float = 0.0
     deterministic: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 0, "use --epochs 0 to only evaluate")
@@ -115,9 +120,13 @@ class TrainConfig:
             raise ValueError(f"monitor_interval must be a number of seconds >= 0 (0 disables "
                              f"monitoring), got {interval!r}; the study sampled every 0.2 s")
         self.monitor_interval = float(interval)
-        for name in ("quiet", "deterministic"):
+        for name in ("quiet", "deterministic", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if self.cuda_graphs and self.device == "cpu":
+            raise ValueError("cuda_graphs (--cuda-graphs) needs device 'cuda' (or 'auto' on a "
+                             "machine with a GPU): CUDA graphs capture CUDA kernels; the device "
+                             "is 'cpu'")
 
     @property
     def eval_batch(self) -> int:

@@ -30,13 +30,15 @@ from torchliquid.nn import build_model, constrain_after_step
 from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT, Trainer,
                                TrainData, count_parameters, evaluate_checkpoint, load_first_good,
                                load_run, recorded_result, write_json)
+from torchliquid.train.graphs import WARMUP_STEPS
+from torchliquid.train.graphs import check_supported as check_cuda_graphs
 from torchliquid.train.loop import model_output
 from torchliquid.train.optim import adam
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.
 RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "checkpoint_every",
                      "finite_check_every", "checkpoint_steps", "monitor_interval", "backend",
-                     "deterministic"}
+                     "deterministic", "cuda_graphs"}
 PREDICTIONS_SINE = "predictions_sine.npz"
 
 
@@ -107,6 +109,15 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     if runtime.is_distributed():
         say(f"data parallel: {world} process{'es' * (world != 1)}, backend "
             f"{runtime.backend()}, restart {runtime.restart_count()}", quiet)
+    if cfg.precision == "bf16" and device.type == "cpu":
+        say("bf16 autocast on CPU: measured slower than fp32 (CfC ~10x at the study's sizes: "
+            "its C kernels are fp32/fp64, so bf16 steps through torch ops; the study's LTC has "
+            "no op autocast casts and runs fp32 as before); bf16 is meant for GPUs", quiet)
+    if cfg.cuda_graphs:  # refused before any data is loaded, never ignored
+        check_cuda_graphs(device, world)
+        say(f"CUDA graphs: every full batch of {cfg.batch_size} replays one captured step "
+            f"(captured on the first, after {WARMUP_STEPS} warm-up steps that are undone); the "
+            "epoch's last partial batch and evaluation run eagerly", quiet)
     say(f"batch {cfg.batch_size} per process x {world} = global batch {cfg.batch_size * world}; "
         f"lr {cfg.lr:g}" + (f" x {world} = {cfg.scaled_lr(world):g} (--lr-scaling linear)"
                             if cfg.lr_scaling == "linear" and world > 1 else ""), quiet)

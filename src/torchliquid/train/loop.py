@@ -8,18 +8,15 @@ is that sentence; ``train_step`` is one optimiser step; the :class:`Trainer` is 
 Host syncs are marked ``# host sync``: one per step for the NaN/Inf guard (every
 ``finite_check_every`` steps), one per evaluation (metric sums to Python floats), one per
 epoch for the timing barrier on CUDA and the epoch's mean training loss, and one per checkpoint.
+With ``cuda_graphs`` each full batch replays one captured step (:mod:`torchliquid.train.graphs`).
 
 Data parallel under torchrun (see :mod:`torchliquid.runtime`): the Trainer trains
 ``runtime.data_parallel(model)`` (DDP; identical to ``model`` in one process) on this rank's
 shard of each epoch's permutation (:class:`EpochBatches`), evaluates the unwrapped model on
 unpadded shards and all-reduces the metric sums, so every number equals what one process
 computes on the whole split. Only rank 0 prints and writes run files; every rank runs the
-collectives (checkpoints gather each rank's RNG state and epoch position).
-
-Checkpoints hold everything to continue bit for bit, mid-epoch included: weights, optimiser,
-counters, each rank's RNG state, how far into the epoch's permutation training got and the
-partial epoch loss, the history (metrics.csv is rewritten from it), and run_info (which carries
-the normalisation statistics).
+collectives (checkpoints gather each rank's RNG state and epoch position, so a run continues
+bit for bit, mid-epoch included; see ``state_dict``).
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ import torch
 from torchliquid import runtime
 from torchliquid.config import TrainConfig
 from torchliquid.monitor import HardwareMonitor
+from torchliquid.train import graphs
 from torchliquid.train.batches import EpochBatches, Split, TrainData, eval_slices
 from torchliquid.train.faults import FaultInjector
 from torchliquid.train.monitoring import finish_monitor, open_monitor
@@ -58,9 +56,11 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str,
+             cache_enabled: bool = True) -> contextlib.AbstractContextManager:
+    if precision == "bf16":  # a CUDA graph capture needs the weight-cast cache off
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              cache_enabled=cache_enabled)
     return contextlib.nullcontext()
 
 
@@ -139,6 +139,8 @@ class Trainer:
                                                                         self.device)
         self.monitor_summary: dict[str, Any] | None = None
         self.faults = FaultInjector()
+        self.graph = graphs.for_trainer(config.cuda_graphs, self.device, runtime.world_size(),
+                                        self.optimizer, self.forward_loss, config.batch_size)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -216,16 +218,22 @@ class Trainer:
         """Forward, loss, backward, optimiser step; returns the detached mean loss.
 
         With ``check_finite`` a NaN/Inf loss raises :class:`NonFiniteLossError` before the
-        backward pass, so the bad update is never applied.
+        backward pass, so the bad update is never applied. With ``config.cuda_graphs`` full
+        batches replay the captured step, which skips such an update on the GPU (graphs.py).
         """
-        with autocast(self.device, self.config.precision):
-            out = model_output(self.train_model, x)
-        self.task.check(out, y)
-        loss = self.task.loss(out, y)
+        if self.graph is not None and self.graph.covers(x, y):
+            loss = self.graph.step(x, y)
+            if check_finite and self.graph.bad_steps().item():  # host sync
+                self._stop_non_finite(loss, epoch, i)
+            self.step += 1
+            return loss
+        loss = self.forward_loss(x, y)
         if check_finite:
             # Under DDP every rank must take the same branch, or the healthy ones would wait
             # forever in backward's all-reduce: count the ranks with a bad loss.
             bad = runtime.all_reduce_sum((~torch.isfinite(loss)).to(torch.float32).reshape(1))
+            if self.graph is not None:  # and the replayed steps since the last check
+                bad = bad + self.graph.bad_steps()
             if bad.item():  # host sync
                 self._stop_non_finite(loss, epoch, i, int(bad.item()))
         self.optimizer.zero_grad(set_to_none=True)
@@ -233,6 +241,14 @@ class Trainer:
         self.optimizer.step()
         self.step += 1
         return loss.detach()
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor,
+                     cache_enabled: bool = True) -> torch.Tensor:
+        """The task's loss of the training model on (x, y), under the run's autocast."""
+        with autocast(self.device, self.config.precision, cache_enabled):
+            out = model_output(self.train_model, x)
+        self.task.check(out, y)
+        return self.task.loss(out, y)
 
     def step_function(self) -> Callable[[], torch.Tensor]:
         """A function that runs one training step per call on the next batch of this rank
