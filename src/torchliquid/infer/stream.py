@@ -17,9 +17,11 @@ The state is NOT part of the model's weights: a trained model starts every seque
 :func:`hidden_states` runs a whole sequence and also returns the state after EVERY step
 (B, T, U), which ``model.forward`` does not (it returns only the last one).
 
-Each step calls the layer's own parts in the order of its sequence driver (nn.sequence):
-mixed-memory LSTM, then the cell's ``_step(x, h, dt)``, then the readout ``fc``; arguments are
-validated once per call of ``step``, not again inside the cell.
+Without autograd (``grad=False``, the default) and without mixed memory, ``step`` runs the layer's
+streaming path (nn.step_path: tensors derived from the parameters once, rebuilt when they change,
+the cell's math op for op); otherwise it calls the layer's own parts in the order of its sequence
+driver (nn.sequence): mixed-memory LSTM, then the cell's ``_step(x, h, dt)``, then the readout
+``fc``. Arguments are validated once per call of ``step``, not again inside the cell.
 
 Shape legend: B batch, T time, I inputs, U units (state), O outputs.
 """
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from torchliquid.nn.sequence import canonical_input, canonical_state, canonical_timespans, check_elapsed_times
+from torchliquid.nn.step_path import step_plan
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -169,6 +172,13 @@ class Stream:
     def step(self, x_t: Any, dt: Any = None) -> torch.Tensor:
         """Consume one time step; returns the output y_t (B, O), or (O,) for a (I,) input."""
         x_BI, single = self._x(x_t)
+        plan = None if self.grad or self._c is not None else step_plan(self.model, x_BI)
+        if plan is not None:  # the layer's streaming path (nn.step_path); dt None: exactly dt = 1
+            dt_B1 = None if dt is None else self._dt(dt)
+            if not (x_BI.requires_grad or self._h.requires_grad or (dt_B1 is not None and dt_B1.requires_grad)):
+                y_BO, self._h = plan.run(x_BI, self._h, dt_B1)  # detached: records no graph
+                self.steps += 1
+                return y_BO[0] if single else y_BO
         dt_B1 = self._dt(dt)
         with contextlib.nullcontext() if self.grad else torch.no_grad():
             y_BO, self._h, self._c = _layer_step(self.model, x_BI, self._h, self._c, dt_B1)

@@ -35,7 +35,9 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from . import step_path
 from ._checks import check_choice
+from .step_path import autocast_enabled as _autocast_enabled, tracing as _tracing
 
 State = Tuple[torch.Tensor, Optional[torch.Tensor]]  # (h_BU, c_BU or None)
 Timespans = Union[None, float, torch.Tensor]
@@ -188,23 +190,6 @@ def canonical_state(
     return (h.unsqueeze(0) if unbatched else h), None
 
 
-def _tracing() -> bool:
-    """True under torch.jit.trace, torch.compile or torch.export, where opaque ctypes calls and
-    hand-written autograd Functions would break or be frozen into the graph; the loop is not."""
-    checks = (torch.jit.is_tracing, getattr(torch.compiler, "is_compiling", None),
-              getattr(torch.compiler, "is_exporting", None))  # fmt: skip
-    return any(check is not None and check() for check in checks)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no device argument
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
-
-
 class SequenceLayer(nn.Module):
     """Base of CfC and LTC: a cell run over a sequence, with optional mixed memory and projection.
 
@@ -298,11 +283,23 @@ class SequenceLayer(nn.Module):
         ==================  ============================================  =========================
 
         Output and state have the input's dtype (fp32, fp16, bf16, fp64 alike).
+
+        One step (T = 1) under implementation="auto" without autograd (``torch.no_grad``,
+        ``inference_mode``, or nothing requiring grad) runs the streaming path of step_path.py.
         """
         x_BTI, unbatched = canonical_input(input, self.input_size, self.batch_first)
-        self._check_parameter_dtype(x_BTI)
+        plan = step_path.step_plan(self, x_BTI) if x_BTI.shape[1] == 1 and self.implementation == "auto" else None
+        if plan is None:
+            self._check_parameter_dtype(x_BTI)  # a plan exists only for the parameters' dtype
         dt_BT1 = None if timespans is None else canonical_timespans(timespans, self.batch_first, unbatched, x_BTI)
         state = canonical_state(hx, self.state_size, self.use_mixed, unbatched, x_BTI)
+        if plan is not None and not step_path.needs_graph(plan, x_BTI, state[0], dt_BT1):
+            y_BO, h_BU = plan.run(x_BTI[:, 0], state[0], None if dt_BT1 is None else dt_BT1[:, 0])
+            if unbatched:  # output (T=1, O), or (O,) for the last step only; state (U,)
+                return (y_BO if self.return_sequences else y_BO.squeeze(0)), h_BU.squeeze(0)
+            if self.return_sequences:
+                y_BO = y_BO.unsqueeze(1 if self.batch_first else 0)
+            return y_BO, h_BU
 
         y_BTM, (h_BU, c_BU) = self._forward_sequence(x_BTI, dt_BT1, state)
 
