@@ -262,14 +262,17 @@ class NoHostSync(TorchDispatchMode):
 
 
 # What CUDA runs (fast_paths.auto_cfc / auto_ltc off the CPU): CfC "function-torch", LTC the torch
-# Functions (sparse for AutoNCP, dense for the fully connected wiring).
-CUDA_PATHS = [("cfc", None, "function-torch"), ("cfc", "autoncp", "function-torch"),
-              ("ltc", "autoncp", "torch-sparse"), ("ltc", "fc", "torch-dense")]
+# Functions (sparse for AutoNCP, dense for the fully connected wiring); with mixed memory too.
+MIXED = {"mixed_memory": True}
+CUDA_PATHS = [("cfc", None, "function-torch", {}), ("cfc", "autoncp", "function-torch", {}),
+              ("ltc", "autoncp", "torch-sparse", {}), ("ltc", "fc", "torch-dense", {}),
+              ("cfc", None, "function-torch", MIXED), ("ltc", "autoncp", "torch-sparse", MIXED)]
 
 
-def liquid_trainer(name, wiring, implementation, backend, **cfg):
+def liquid_trainer(name, wiring, implementation, backend, kwargs=None, **cfg):
     def build(out):
-        spec = {"name": name, "input_size": 3, "output_size": out, "units": 8, "wiring": wiring}
+        spec = {"name": name, "input_size": 3, "output_size": out, "units": 8, "wiring": wiring,
+                **(kwargs or {})}
         model = workflow.build_from_spec(spec)
         for layer in model.modules():
             if hasattr(type(layer), "IMPLEMENTATIONS"):
@@ -282,11 +285,13 @@ def liquid_trainer(name, wiring, implementation, backend, **cfg):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("name,wiring,implementation", CUDA_PATHS)
-def test_the_cuda_kernels_step_reads_nothing_on_the_host(name, wiring, implementation, precision):
+@pytest.mark.parametrize("name,wiring,implementation,kwargs", CUDA_PATHS)
+def test_the_cuda_kernels_step_reads_nothing_on_the_host(name, wiring, implementation, kwargs,
+                                                         precision):
     modes = []
     backend = FakeGraphs(mode_factory=lambda: modes.append(NoHostSync()) or modes[-1])
-    trainer, _ = liquid_trainer(name, wiring, implementation, backend, precision=precision)
+    trainer, _ = liquid_trainer(name, wiring, implementation, backend, kwargs,
+                                precision=precision)
     trainer.fit()
     assert trainer.graph.replays == 4 and all(m.ops > 100 for m in modes)
     assert all(math.isfinite(r["train_loss"]) for r in trainer.history)
