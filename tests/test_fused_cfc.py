@@ -116,22 +116,29 @@ def test_batch_and_length_sweep(implementation, B, T):
 
 @needs_native
 @pytest.mark.parametrize("mode,activation,layers", [("default", "lecun_tanh", 1), ("no_gate", "tanh", 2),
-                                                    ("pure", "lecun_tanh", 0), ("default", "gelu", 1)])
-@pytest.mark.parametrize("timed,last", [(False, False), (True, False), (True, True)])
-def test_python_time_loop_matches_reference(monkeypatch, mode, activation, layers, timed, last):
-    """Without an exported BLAS gemm the C kernels are driven from a Python time loop."""
-    monkeypatch.setattr(native, "gemm_pointer", lambda dtype: None)
-    assert not cfc_fused._Plan(mode, activation, layers, True, 4, torch.float32, False).c_loop
-    _, cell = _model(mode, activation, layers)
+                                                    ("pure", "lecun_tanh", 0), ("default", "tanh", 3)])
+@pytest.mark.parametrize("timed,last", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("B,I", [(37, 5), (64, 40), (130, 3)])
+def test_c_loop_splits_the_batch_over_threads_exactly(mode, activation, layers, timed, last, B, I):
+    """The C loop gives each thread a block of rows (>= 16 rows each) for the whole sequence,
+    with its own packed-GEMM kernel; uneven blocks, wide inputs (one input-half GEMM over all
+    steps, I >= WIDE_INPUT) and odd widths (a partial column panel) must change nothing."""
+    assert cfc_fused._Plan(mode, activation, layers, True, I, torch.float32, last).c_loop
+    _, cell = _model(mode, activation, layers, I=I, U=9)
     params = _cell_params(cell)
-    x = torch.randn(4, 5, 4, requires_grad=True)
-    h0 = torch.randn(4, 8, requires_grad=True)
-    dt = torch.rand(4, 5, 1) + 0.25 if timed else None
+    x = torch.randn(B, 6, I, requires_grad=True)
+    h0 = torch.randn(B, 9, requires_grad=True)
+    dt = torch.rand(B, 6, 1) + 0.25 if timed else None
     pick = (lambda h: h[:, -1:]) if last else (lambda h: h)  # noqa: E731
     ref_fn = lambda *a, **k: pick(cfc_fused_variants.cfc_sequence_reference(*a, **k))  # noqa: E731
     fused = lambda *a, **k: cfc_fused.cfc_sequence(*a, **k, return_sequences=not last)  # noqa: E731
     ref, ref_grads = _run(ref_fn, x, h0, dt, params, activation)
-    out, grads = _run(fused, x, h0, dt, params, activation, implementation="function")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # 3 blocks of rows where B allows (the suite otherwise runs 1 thread)
+    try:
+        out, grads = _run(fused, x, h0, dt, params, activation, implementation="function")
+    finally:
+        torch.set_num_threads(threads)
     _assert_close(out.view_as(ref), ref, grads, ref_grads)
 
 

@@ -391,9 +391,10 @@ def source() -> str:
     """The full translation unit: the template instantiated for float and double."""
     from ._fused_csrc_cfc import CFC_HEADER, CFC_TEMPLATE
     from ._fused_csrc_cfc_seq import CFC_SEQ_TEMPLATE
+    from ._fused_csrc_gemm import GEMM_TEMPLATE
 
     parts = [HEADER, CFC_HEADER]
     for real, sfx in (("float", "f32"), ("double", "f64")):
-        for template in (KERNEL_TEMPLATE, CFC_TEMPLATE, CFC_SEQ_TEMPLATE):
+        for template in (KERNEL_TEMPLATE, CFC_TEMPLATE, GEMM_TEMPLATE, CFC_SEQ_TEMPLATE):
             parts.append(template.replace("REAL", real).replace("SFX", sfx))
     return "\n".join(parts)

@@ -142,9 +142,9 @@ _SIGNATURES = {
     "cfc_act_bwd": [_I64, _INT, _PTR, _PTR, _PTR],
     "cfc_tail_fwd": [_I64, _I64, _INT, _PTR, _I64] + [_PTR] * 6,
     "cfc_tail_bwd": [_I64, _I64, _INT] + [_PTR] * 6 + [_I64, _PTR, _I64, _PTR, _PTR],
-    "cfc_seq_fwd": [_PTR] + [_I64] * 5 + [_PTR] * 5 + [_I64, _PTR, _INT, _INT] + [_PTR] * 7,
-    "cfc_seq_bwd": [_PTR] + [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 4 + [_I64] * 3
-    + [_PTR] * 6 + [_I64],
+    "cfc_seq_fwd": [_I64] * 5 + [_PTR] * 5 + [_I64, _PTR, _INT, _INT] + [_PTR] * 7,
+    "cfc_seq_bwd": [_I64] * 5 + [_PTR] * 4 + [_INT, _INT] + [_PTR] * 4 + [_I64] * 3
+    + [_PTR, _I64] + [_PTR] * 7,
 }
 _fns: dict[tuple[str, torch.dtype], Any] = {}
 
@@ -332,31 +332,7 @@ def cfc_tail_backward(
     )  # fmt: skip
 
 
-# -------------------------------------------------------------- CfC whole-sequence loops (BLAS)
-
-_gemm: dict[torch.dtype, Optional[int]] = {}
-_BLAS_SYMBOLS = {torch.float32: "sgemm_", torch.float64: "dgemm_"}
-
-
-def gemm_pointer(dtype: torch.dtype) -> Optional[int]:
-    """Address of the Fortran gemm (LP64) inside torch's CPU library, or None.
-
-    torch's x86 wheels link MKL statically and export its `sgemm_`/`dgemm_`; the C time loops
-    call it so that GEMMs run on the same BLAS and threads as torch.mm. Disabled with
-    TORCHLIQUID_BLAS=0; absent on builds that do not export it (the Python loop is used then).
-    """
-    if dtype not in _gemm:
-        address = None
-        if os.environ.get("TORCHLIQUID_BLAS", "1") != "0" and dtype in _BLAS_SYMBOLS and available():
-            path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-            try:
-                fn = getattr(ctypes.CDLL(path), _BLAS_SYMBOLS[dtype])
-                address = ctypes.cast(fn, ctypes.c_void_p).value
-            except (OSError, AttributeError):
-                address = None
-        _gemm[dtype] = address
-    return _gemm[dtype]
-
+# ------------------------------------------------------------------- CfC whole-sequence loops
 
 def _ptrs(tensors) -> Any:
     return (ctypes.c_void_p * max(1, len(tensors)))(*[0 if t is None else t.data_ptr() for t in tensors])
@@ -373,29 +349,31 @@ def cfc_seq_forward(mode: int, act: int, weights, biases, x_BTI, h0_BU, dt_TB1, 
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
     heads = h0_BU.new_empty(B, weights[-1].shape[0])
     kernel("cfc_seq_fwd", h0_BU.dtype)(
-        gemm_pointer(h0_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
+        T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
         _opt(p0_TBO).value, x_BTI.data_ptr(), T * I, h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value,
         _opt(w_tau_U).value, _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(),
         acts_TB3U.data_ptr(),
     )  # fmt: skip
 
 
-def cfc_seq_backward(mode: int, act: int, I: int, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g,
-                     g_heads_TBX, g_pres, g_carry_BU, g_a_BU, g_w_BU) -> None:  # fmt: skip
-    """The whole backward time loop in C; fills g_heads_TBX, g_pres and g_carry_BU (= dL/dh0).
+def cfc_seq_backward(mode: int, act: int, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g,
+                     x_BTI, h0_BU, h_TBU, grads, g_pre0_TBO, g_carry_BU, g_a_BU, g_w_BU) -> None:  # fmt: skip
+    """The whole backward time loop in C: adds every weight and bias gradient into grads (zeroed
+    tensors shaped as [W_0, b_0, W_1, b_1, ...]), fills g_carry_BU (= dL/dh0) and, if given,
+    g_pre0_TBO (dL/d(first layer's pre-activation)). With x_BTI None, dW_x (columns :I of
+    grads[0]) is left to the caller (wide inputs: one BLAS GEMM from g_pre0_TBO).
 
     g is dL/d(states) as (B, T, U) (any strides with unit stride on U) or, when only the last
     state was returned, dL/dh_T as (B, U)."""
-    T, B, _ = g_heads_TBX.shape
-    U = g_carry_BU.shape[1]
+    T, B, U = h_TBU.shape
     nb = len(weights) - 1
+    I = weights[0].shape[1] - U
     last_only = g.dim() == 2
     g_t, g_b = (0, g.stride(0)) if last_only else (g.stride(1), g.stride(0))
     widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
-    gy = g_carry_BU.new_empty(B, max([1] + [w.shape[0] for w in weights[:-1]]))  # per-row scratch
     kernel("cfc_seq_bwd", g_carry_BU.dtype)(
-        gemm_pointer(g_carry_BU.dtype), T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys),
-        acts_TB3U.data_ptr(), mode, act, _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value,
-        g.data_ptr(), g_t, g_b, int(last_only), g_heads_TBX.data_ptr(), _ptrs(g_pres),
-        g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, gy.data_ptr(), gy.shape[1],
+        T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys), acts_TB3U.data_ptr(), mode, act,
+        _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value, g.data_ptr(), g_t, g_b, int(last_only),
+        _opt(x_BTI).value, T * I, h0_BU.data_ptr(), h_TBU.data_ptr(), _opt(g_pre0_TBO).value,
+        g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, _ptrs(grads),
     )  # fmt: skip

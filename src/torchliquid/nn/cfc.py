@@ -51,7 +51,7 @@ class CfC(SequenceLayer):
         implementation: the time loop's path (also a settable attribute; not saved, a runtime
             choice): "auto" (default), "reference" (the plain per-step loop, the control) or a
             kernel of cfc_fused: "function" (hand-written whole-sequence forward/backward; on CPU
-            fp32/fp64 with C element-wise kernels and a C time loop around torch's BLAS),
+            fp32/fp64 the whole time loop in C, batch rows split over threads),
             "function-torch" (the same, element-wise parts as torch ops), "jit" (TorchScript
             loop), "compile" (torch.compile'd step). All equal "reference" (fp32: 1e-5 outputs,
             1e-4 relative gradients). See ``CfC.IMPLEMENTATIONS``.

@@ -8,7 +8,7 @@ One CfC step (ncps 1.0.1 formulation, functional.cfc_gated_update / cfc_pure_upd
 
 What is fused, and why it is exact (same products, only summed in other places):
   * W_0 = [W_x | W_h] is never concatenated with [x_t, h]: W_x x_t and W_h h are two GEMMs
-    into one output (the Python loops precompute W_x x for all steps in one matmul instead);
+    into one output (for wide inputs W_x x is one matmul over all steps instead, see WIDE_INPUT);
   * the four heads are one (B, H) x (H, 4U) matmul on concatenated weights (the caller passes
     torch.cat of ff1/ff2/time_a/time_b weights; wired cells pass weights already masked), and
     without timespans (dt = 1) time_a + time_b is merged into one head: (H, 3U), exact;
@@ -16,8 +16,9 @@ What is fused, and why it is exact (same products, only summed in other places):
     loop; every weight gradient is ONE matmul over all B·T rows after it (as cuDNN does);
   * the element-wise parts (activation, tail) are C kernels on CPU (_fused_native; torch's
     CPU tanh costs ~2 ns/element) and torch ops elsewhere;
-  * on CPU the whole time loop, forward and backward, is one C call around torch's own BLAS
-    (_fused_csrc_cfc_seq); cfc_fused_loops has the Python-driven loops used otherwise;
+  * on CPU the whole time loop, forward and backward, is one C call (_fused_csrc_cfc_seq): each
+    thread runs the sequence for its block of batch rows with a packed small-GEMM kernel;
+    cfc_fused_loops has the torch-op loop used elsewhere (CUDA, bf16, gelu/silu/relu backbones);
   * return_sequences=False returns only h_T, and the backward then feeds a gradient into the
     last step only (no (B, T, U) zeros, no transposes).
 
@@ -65,9 +66,8 @@ class _Plan:
         self.mode_id = native.CFC_MODES[mode]
         self.act_id = native.CFC_ACTIVATIONS.get(activation, -1)
         self.keep_pre = activation in ("gelu", "silu")  # their derivative needs the input
-        self.native_loop = self.native_tail and (n_backbone == 0 or self.native_act)
-        # The whole time loop in C around torch's own BLAS gemm, when torch exports one.
-        self.c_loop = self.native_loop and native.gemm_pointer(dtype) is not None
+        # The whole time loop in C (needs the C activation for the backbone, if any).
+        self.c_loop = self.native_tail and (n_backbone == 0 or self.native_act) and n_backbone <= 63
 
 
 def _input_half(x_BTI, w_x, b0) -> torch.Tensor:
@@ -93,17 +93,16 @@ class _CfCFunction(torch.autograd.Function):
         pres = [torch.empty_like(y) for y in ys] if plan.keep_pre else []
         h_TBU = h0_BU.new_empty(T, B, U)
         acts_TB3U = h0_BU.new_empty(T, B, 3 * U)
-        args = (h0_BU, dt_TB1, w_tau_U, a_U, weights, biases)
         if plan.c_loop:
-            p0_TBO = _input_half(x_BTI, weights[0][:, :I], biases[0]) if I >= WIDE_INPUT else None
+            p0_BTO = None
+            if I >= WIDE_INPUT:  # batch-major like x: the C loop reads it in place
+                p0_BTO = torch.addmm(biases[0], x_BTI.reshape(B * T, I), weights[0][:, :I].t())
             native.cfc_seq_forward(plan.mode_id, plan.act_id, weights, biases, x_BTI, h0_BU, dt_TB1,
-                                   w_tau_U, a_U, ys, h_TBU, acts_TB3U, p0_TBO)  # fmt: skip
-        elif plan.native_loop:
-            p0_TBO = _input_half(x_BTI, weights[0][:, :I], biases[0])
-            loops.forward_native(plan, p0_TBO, *args, ys, h_TBU, acts_TB3U)
+                                   w_tau_U, a_U, ys, h_TBU, acts_TB3U, p0_BTO)  # fmt: skip
         else:
             p0_TBO = _input_half(x_BTI, weights[0][:, :I], biases[0])
-            loops.forward_torch(plan, p0_TBO, *args, ys, pres, h_TBU, acts_TB3U)
+            loops.forward_torch(plan, p0_TBO, h0_BU, dt_TB1, w_tau_U, a_U, weights, biases, ys, pres,
+                                h_TBU, acts_TB3U)  # fmt: skip
         ctx.plan = plan
         ctx.save_for_backward(x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, *layers, *ys, *pres)
         # Fresh tensors, not views of the saved buffer: autograd forbids in-place edits of a
@@ -116,40 +115,61 @@ class _CfCFunction(torch.autograd.Function):
         nb = plan.n_backbone
         x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, *rest = ctx.saved_tensors
         layers, ys, pres = rest[: 2 * nb + 2], rest[2 * nb + 2 : 3 * nb + 2], rest[3 * nb + 2 :]
-        weights = layers[0::2]
-        B, T, I = x_BTI.shape
-        U = h0_BU.shape[1]
-        g_heads_TBX = h0_BU.new_empty(T, B, weights[-1].shape[0])
-        g_pres = [torch.empty_like(y) for y in ys]
+        B, U = h0_BU.shape
         pure = plan.mode == "pure"
         g_a_BU = h0_BU.new_zeros(B, U) if pure else None
         g_w_BU = h0_BU.new_zeros(B, U) if pure else None
-        g_carry = h0_BU.new_zeros(B, U)
-        if plan.c_loop:  # reads g_out in place: (B, T, U) with any row strides, or (B, U)
-            g = g_out if g_out.stride(-1) == 1 else g_out.contiguous()
-            native.cfc_seq_backward(
-                plan.mode_id, plan.act_id, I, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g,
-                g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU,
-            )  # fmt: skip
-        else:
-            if plan.last_only:
-                g_TBU = h0_BU.new_zeros(T, B, U)
-                g_TBU[-1] = g_out
-            else:
-                g_TBU = g_out.transpose(0, 1).contiguous()
-            args = (plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys)
-            if plan.native_loop:
-                loops.backward_native(*args, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU)
-            else:
-                g_carry = loops.backward_torch(
-                    *args, pres, acts_TB3U, g_heads_TBX, g_pres, g_carry, g_a_BU, g_w_BU
-                )
-        grads, g_x = _weight_grads(
-            x_BTI, h0_BU, h_TBU, weights, ys, g_heads_TBX, g_pres, ctx.needs_input_grad[1]
-        )
+        saved = (x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, layers, ys)
+        backward = _backward_c if plan.c_loop else _backward_torch
+        grads, g_x, g_h0 = backward(plan, g_out, saved, pres, g_a_BU, g_w_BU, ctx.needs_input_grad[1])
         g_w_tau = g_w_BU.sum(0) if pure else None
         g_a = g_a_BU.sum(0) if pure else None
-        return (None, g_x, g_carry, None, g_w_tau, g_a, *grads)
+        return (None, g_x, g_h0, None, g_w_tau, g_a, *grads)
+
+
+def _backward_c(plan, g_out, saved, pres, g_a_BU, g_w_BU, need_x):
+    """The C loop adds every weight gradient from each step's cache-hot operands; only a wide
+    input's dW_x (and dL/dx) are GEMMs here, on the first layer's gradients it hands back."""
+    x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, layers, ys = saved
+    B, T, I = x_BTI.shape
+    weights = layers[0::2]
+    wide = I >= WIDE_INPUT
+    grads = [torch.zeros_like(t) for t in layers]
+    g_pre0_BTO = h0_BU.new_empty(B, T, weights[0].shape[0]) if wide or need_x else None
+    g_carry = h0_BU.new_zeros(h0_BU.shape)
+    g = g_out if g_out.stride(-1) == 1 else g_out.contiguous()  # read in place: any row strides
+    native.cfc_seq_backward(
+        plan.mode_id, plan.act_id, weights, ys, acts_TB3U, dt_TB1, w_tau_U, a_U, g,
+        None if wide else x_BTI, h0_BU, h_TBU, grads, g_pre0_BTO, g_carry, g_a_BU, g_w_BU,
+    )  # fmt: skip
+    g_x = None
+    if g_pre0_BTO is not None:
+        g_rows, x_rows = g_pre0_BTO.view(B * T, -1), x_BTI.reshape(B * T, I)
+        if wide:  # (I, B·T) x (B·T, O): MKL's fast orientation (see _weight_grads)
+            grads[0][:, :I] = (x_rows.t() @ g_rows).t()
+        if need_x:
+            g_x = (g_rows @ weights[0][:, :I]).view(B, T, I)
+    return grads, g_x, g_carry
+
+
+def _backward_torch(plan, g_out, saved, pres, g_a_BU, g_w_BU, need_x):
+    """The reversed time loop from Python (torch ops), then one GEMM per weight gradient."""
+    x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, h_TBU, acts_TB3U, layers, ys = saved
+    T, B, U = h_TBU.shape
+    weights = layers[0::2]
+    if plan.last_only:
+        g_TBU = h0_BU.new_zeros(T, B, U)
+        g_TBU[-1] = g_out
+    else:
+        g_TBU = g_out.transpose(0, 1).contiguous()
+    g_heads_TBX = h0_BU.new_empty(T, B, weights[-1].shape[0])
+    g_pres = [torch.empty_like(y) for y in ys]
+    g_carry = loops.backward_torch(
+        plan, g_TBU, dt_TB1, w_tau_U, a_U, weights, ys, pres, acts_TB3U, g_heads_TBX, g_pres,
+        h0_BU.new_zeros(B, U), g_a_BU, g_w_BU,
+    )  # fmt: skip
+    grads, g_x = _weight_grads(x_BTI, h0_BU, h_TBU, weights, ys, g_heads_TBX, g_pres, need_x)
+    return grads, g_x, g_carry
 
 
 def _weight_grads(x_BTI, h0_BU, h_TBU, weights, ys, g_heads_TBX, g_pres, need_x):

@@ -142,7 +142,7 @@ def cfc_coverage_gap(layer: Any, dynamic: bool = True) -> Optional[str]:
 
 
 def auto_cfc(layer: Any, x_BTI: torch.Tensor) -> str:
-    """"function" on CPU (C element-wise kernels, and a C time loop around torch's BLAS for
+    """"function" on CPU (C element-wise kernels, and the whole time loop in C for
     fp32/fp64; torch ops where those cannot run); "function-torch" elsewhere, never ctypes."""
     return "function" if x_BTI.device.type == "cpu" else "function-torch"
 
