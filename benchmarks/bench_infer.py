@@ -1,25 +1,26 @@
 """Inference speed: single-step latency (batch 1) and whole-sequence throughput (batch 512).
 
-Subjects (same input size and 64 hidden units, the study's models):
+Subjects (the study's models, 64 units; per workload I inputs and O outputs: HAR-like I = 561,
+O = 6; Traffic-like I = 7, O = 1):
 
-    cfc        torchliquid build_model("cfc", I, 1, 64)      CfC(I, 64, proj_size=1)
-    ltc        torchliquid build_model("ltc", I, 1, 64)      LTC(I, AutoNCP(64, 1))
-    ncps-cfc   ncps.torch.CfC(I, 64, proj_size=1)            the reference library, eager only
-    ncps-ltc   ncps.torch.LTC(I, AutoNCP(64, 1))             (it cannot be scripted: field case A05)
-    lstm       torch.nn.LSTM(I, 64)                          a baseline of the same width
+    cfc        torchliquid build_model("cfc", I, O, 64)      CfC(I, 64, proj_size=O), backbone 128 x 1
+    ltc        torchliquid build_model("ltc", I, O, 64)      LTC(I, AutoNCP(64, O))
+    ncps-cfc   ncps.torch.CfC(I, 64, proj_size=O)            the reference library, eager only
+    ncps-ltc   ncps.torch.LTC(I, AutoNCP(64, O))             (it cannot be scripted: field case A05)
+    lstm, gru  torch.nn.LSTM(I, 64), torch.nn.GRU(I, 64)     baselines of the same width (no readout)
 
-Runtimes: PyTorch eager (torchliquid: ``Stream.step`` for one step, ``model(x)`` for sequences;
-ncps and LSTM: the layer called with a length-1 sequence and the carried state), TorchScript
-(torchliquid: ``infer.script``; ncps: reported as failing) and onnxruntime (torchliquid:
-``infer.export_onnx`` step / sequence graphs; ncps: a step graph traced at T = 1 where that
-works — traced whole sequences freeze T, field case A06, so they are not measured).
-
-Latency: median and p99 of >= 1,000 timed calls after a warm-up, batch 1, state carried from
-call to call. Throughput: sequences per second of the median of several whole-batch forward
-passes (batch 512, T = 32). The runtimes of a model are interleaved in rounds (harness.py habit)
-so that a noisy neighbour slows them alike. Everything runs under ``torch.inference_mode`` on
-CPU with ``--threads`` intra-op threads for torch and onnxruntime alike. No assertion: this is
-a report.
+Runtimes of one step (state carried from call to call):
+    layer        the eager layer called with a length-1 sequence and the carried state, every
+                 subject alike (torchliquid: its single-step path, nn/step_path.py)
+    stream       torchliquid ``infer.Stream.step(x_t)`` (the others have no streaming API)
+    torchscript  torchliquid ``infer.script(form="step")``; LSTM/GRU scripted; ncps fails (A05)
+    onnxruntime  torchliquid ``infer.export_onnx(form="step")``; the others a step graph traced at
+                 T = 1 (a traced sequence freezes T, field case A06: not measured)
+Latency: median and p99 of >= 1,000 calls after a warm-up, batch 1, every (subject, runtime) of
+a workload interleaved with every other in rounds, so a noisy neighbour slows all alike.
+Throughput (Traffic-like, batch 512 x T 32; "layer" is ``model(x)``): sequences/s of the median
+pass. All under ``torch.inference_mode`` on CPU, ``--threads`` intra-op threads for torch and
+onnxruntime alike. No assertion: this is a report.
 
     .venv/bin/python benchmarks/bench_infer.py                  # full
     .venv/bin/python benchmarks/bench_infer.py --quick          # 1,000 steps, fewer passes
@@ -54,32 +55,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (the shared benchmark harness: provenance, tables)
 
 Runner = Union[Callable[[], Any], str]  # a call to time, or why this combination is not measured
-RUNTIMES = ("eager", "torchscript", "onnxruntime")
+RUNTIMES = ("layer", "stream", "torchscript", "onnxruntime")
+# name -> (label, inputs, outputs); --smoke uses SMOKE with 8 units
+WORKLOADS = {"har": ("HAR-like", 561, 6), "traffic": ("Traffic-like", 7, 1)}
+SMOKE = ("smoke", 7, 2)
+SEQUENCE_WORKLOAD = "traffic"
 
 
 # ----------------------------------------------------------------------------------- subjects
 
 
-def _ncps(kind: str, inputs: int, units: int) -> nn.Module:
+def _ncps(kind: str, inputs: int, outputs: int, units: int) -> nn.Module:
     import ncps.torch
     import ncps.wirings
 
     if kind == "cfc":
-        return ncps.torch.CfC(inputs, units, proj_size=1, batch_first=True)
-    return ncps.torch.LTC(inputs, ncps.wirings.AutoNCP(units, 1), batch_first=True)
+        return ncps.torch.CfC(inputs, units, proj_size=outputs, batch_first=True)
+    return ncps.torch.LTC(inputs, ncps.wirings.AutoNCP(units, outputs), batch_first=True)
 
 
-SUBJECTS: dict[str, Callable[[int, int], nn.Module]] = {
-    "cfc": lambda i, u: build_model("cfc", i, 1, u),
-    "ltc": lambda i, u: build_model("ltc", i, 1, u),
-    "ncps-cfc": lambda i, u: _ncps("cfc", i, u),
-    "ncps-ltc": lambda i, u: _ncps("ltc", i, u),
-    "lstm": lambda i, u: nn.LSTM(i, u, batch_first=True),
+SUBJECTS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "cfc": lambda i, o, u: build_model("cfc", i, o, u),
+    "ltc": lambda i, o, u: build_model("ltc", i, o, u),
+    "ncps-cfc": lambda i, o, u: _ncps("cfc", i, o, u),
+    "ncps-ltc": lambda i, o, u: _ncps("ltc", i, o, u),
+    "lstm": lambda i, o, u: nn.LSTM(i, u, batch_first=True),
+    "gru": lambda i, o, u: nn.GRU(i, u, batch_first=True),
 }
 
 
 def _family(name: str) -> str:
-    return "torchliquid" if name in ("cfc", "ltc") else name.split("-")[0]
+    return "torchliquid" if name in ("cfc", "ltc") else name.split("-")[0]  # ncps, lstm, gru
 
 
 def _first_line(error: BaseException) -> str:
@@ -109,8 +115,16 @@ class _ScriptableLSTM(nn.Module):
         return self.lstm(x, hx)
 
 
+class _ScriptableGRU(_ScriptableLSTM):
+    """nn.GRU behind a typed forward (as _ScriptableLSTM)."""
+
+    def forward(self, x: torch.Tensor, hx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lstm(x, hx)
+
+
 def _script_layer(model: nn.Module) -> torch.jit.ScriptModule:
-    return torch.jit.script(_ScriptableLSTM(model) if isinstance(model, nn.LSTM) else model)
+    wrapper = {nn.LSTM: _ScriptableLSTM, nn.GRU: _ScriptableGRU}.get(type(model))
+    return torch.jit.script(wrapper(model) if wrapper else model)
 
 
 def _trace_onnx(model: nn.Module, args: tuple, names: list[str], outputs: list[str]) -> bytes:
@@ -126,40 +140,36 @@ def step_runners(name: str, model: nn.Module, inputs: int, units: int, args: arg
                  workdir: Path) -> dict[str, Runner]:
     """runtime -> a no-argument call that advances one step at batch 1 (state carried), or a reason."""
     x = torch.randn(1, inputs)
+    x_seq = x[:, None]  # (1, 1, I): a length-1 sequence, the streaming call every layer offers
     family = _family(name)
-    runners: dict[str, Runner] = {}
+    state: list[Any] = [torch.zeros(1, units) if family in ("torchliquid", "ncps") else torch.zeros(1, 1, units)]
+    if family == "lstm":
+        state[0] = (state[0], torch.zeros(1, 1, units))
+
+    def layer_step() -> None:
+        _, state[0] = model(x_seq, state[0])
+
+    runners: dict[str, Runner] = {"layer": layer_step}
     if family == "torchliquid":
         stream = Stream(model)
-        runners["eager"] = lambda: stream.step(x)
+        runners["stream"] = lambda: stream.step(x)
         scripted = script(model, form="step")
-        ts_state = [torch.zeros(1, model.state_size)]
-        dt = torch.ones(1, 1)
+        ts_state, dt = [torch.zeros(1, units)], torch.ones(1, 1)
 
         def ts_step() -> None:
             _, ts_state[0] = scripted(x, ts_state[0], dt)
 
         runners["torchscript"] = ts_step
-        path = export_onnx(model, workdir / f"{name}-step.onnx", form="step", exporter=args.onnx_exporter)
+        path = export_onnx(model, workdir / f"{name}-{inputs}-step.onnx", form="step", exporter=args.onnx_exporter)
         session = _session(str(path), args.threads)
-        feeds = {"x": x.numpy(), "h": np.zeros((1, model.state_size), np.float32), "dt": np.ones((1, 1), np.float32)}
+        feeds = {"x": x.numpy(), "h": np.zeros((1, units), np.float32), "dt": np.ones((1, 1), np.float32)}
 
         def ort_step() -> None:
             _, feeds["h"] = session.run(None, feeds)
 
         runners["onnxruntime"] = ort_step
         return runners
-
-    x_seq = x[:, None]  # (1, 1, I): a length-1 sequence, the streaming call these layers offer
-    state: list[Any] = [None]
-    if family == "lstm":
-        state[0] = (torch.zeros(1, 1, units), torch.zeros(1, 1, units))
-    else:
-        state[0] = torch.zeros(1, model.state_size)
-
-    def eager_step() -> None:
-        _, state[0] = model(x_seq, state[0])
-
-    runners["eager"] = eager_step
+    runners["stream"] = "no streaming API (the layer at T = 1 is its streaming call)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -173,25 +183,18 @@ def step_runners(name: str, model: nn.Module, inputs: int, units: int, args: arg
     except Exception as error:  # ncps: field case A05
         runners["torchscript"] = f"torch.jit.script fails ({_first_line(error)})"
     try:
-        if family == "lstm":
-            h0, c0 = state[0]
-            data = _trace_onnx(model, (x_seq, (h0, c0)), ["x", "h", "c"], ["y", "h_next", "c_next"])
-            feeds = {"x": x_seq.numpy(), "h": h0.numpy(), "c": c0.numpy()}
-            session = _session(data, args.threads)
+        states = list(state[0]) if family == "lstm" else [state[0]]
+        names = ["h", "c"][: len(states)]
+        hx = tuple(states) if family == "lstm" else states[0]
+        data = _trace_onnx(model, (x_seq, hx), ["x", *names], ["y", *(f"{n}_next" for n in names)])
+        feeds = {"x": x_seq.numpy(), **{n: t.numpy() for n, t in zip(names, states)}}
+        session = _session(data, args.threads)
 
-            def ort_lstm() -> None:
-                _, feeds["h"], feeds["c"] = session.run(None, feeds)
+        def ort_layer_step() -> None:
+            _, *new = session.run(None, feeds)
+            feeds.update(zip(names, new))
 
-            runners["onnxruntime"] = ort_lstm
-        else:
-            data = _trace_onnx(model, (x_seq, state[0]), ["x", "h"], ["y", "h_next"])
-            feeds = {"x": x_seq.numpy(), "h": state[0].numpy()}
-            session = _session(data, args.threads)
-
-            def ort_ncps() -> None:
-                _, feeds["h"] = session.run(None, feeds)
-
-            runners["onnxruntime"] = ort_ncps
+        runners["onnxruntime"] = ort_layer_step
     except Exception as error:
         runners["onnxruntime"] = f"ONNX export fails ({_first_line(error)})"
     return runners
@@ -204,7 +207,7 @@ def sequence_runners(name: str, model: nn.Module, x: torch.Tensor, args: argpars
                      workdir: Path) -> dict[str, Runner]:
     """runtime -> a no-argument call of one whole-batch forward pass, or a reason."""
     family = _family(name)
-    runners: dict[str, Runner] = {"eager": lambda: model(x)}
+    runners: dict[str, Runner] = {"layer": lambda: model(x), "stream": "a step API, not a sequence runtime"}
     if family == "torchliquid":
         scripted = script(model)
         runners["torchscript"] = lambda: scripted(x)
@@ -213,14 +216,15 @@ def sequence_runners(name: str, model: nn.Module, x: torch.Tensor, args: argpars
         feeds = {"x": x.numpy(), "h0": np.zeros((x.shape[0], model.state_size), np.float32),
                  "dt": np.ones(x.shape[:2], np.float32)}
         runners["onnxruntime"] = lambda: session.run(None, feeds)
-    elif family == "lstm":
+    elif family in ("lstm", "gru"):
+        outputs = ["y", "h", "c"] if family == "lstm" else ["y", "h"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            scripted_lstm = _script_layer(model)
+            scripted_rnn = _script_layer(model)
             buffer = io.BytesIO()
-            torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], output_names=["y", "h", "c"],
+            torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["x"], output_names=outputs,
                               dynamic_axes={"x": {0: "batch", 1: "time"}})
-        runners["torchscript"] = lambda: scripted_lstm(x)
+        runners["torchscript"] = lambda: scripted_rnn(x)
         session = _session(buffer.getvalue(), args.threads)
         runners["onnxruntime"] = lambda: session.run(["y"], {"x": x.numpy()})
     else:
@@ -232,34 +236,37 @@ def sequence_runners(name: str, model: nn.Module, x: torch.Tensor, args: argpars
 # --------------------------------------------------------------------------------------- timing
 
 
-def measure(runners: dict[str, Runner], calls: int, warmup: int, rounds: int) -> dict[str, dict[str, Any]]:
-    """Per runtime: median, p99 and mean seconds per call over ``calls`` timed calls.
+def measure(runners: dict[str, dict[str, Runner]], calls: int, warmup: int, rounds: int
+            ) -> dict[str, dict[str, dict[str, Any]]]:
+    """subject -> runtime -> median, p99 and mean seconds per call over ``calls`` timed calls.
 
-    The runtimes are interleaved in ``rounds`` (each round times calls / rounds calls of every
-    runtime in turn), so a noisy neighbour on shared cores slows all of them alike.
+    Every (subject, runtime) is interleaved with every other in ``rounds`` (each round times
+    calls / rounds calls of each in turn), so a noisy neighbour on shared cores slows all alike.
     """
-    live = {r: fn for r, fn in runners.items() if not isinstance(fn, str)}
-    samples: dict[str, list[float]] = {r: [] for r in live}
+    live = {(m, r): fn for m, row in runners.items() for r, fn in row.items() if not isinstance(fn, str)}
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in live}
     per_round = max(1, calls // rounds)
     with torch.inference_mode():
         for fn in live.values():
             for _ in range(warmup):
                 fn()
         for _ in range(rounds):
-            for runtime, fn in live.items():
+            for key, fn in live.items():
                 for _ in range(per_round):
                     start = time.perf_counter()
                     fn()
-                    samples[runtime].append(time.perf_counter() - start)
-    results: dict[str, dict[str, Any]] = {}
-    for runtime in RUNTIMES:
-        runner = runners.get(runtime, "not applicable")
-        if isinstance(runner, str):
-            results[runtime] = {"skipped": runner}
-            continue
-        seconds = samples[runtime]
-        results[runtime] = {"median_s": statistics.median(seconds), "p99_s": float(np.percentile(seconds, 99)),
-                            "mean_s": statistics.fmean(seconds), "calls": len(seconds)}
+                    samples[key].append(time.perf_counter() - start)
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for model, row in runners.items():
+        results[model] = {}
+        for runtime in RUNTIMES:
+            runner = row.get(runtime, "not applicable")
+            if isinstance(runner, str):
+                results[model][runtime] = {"skipped": runner}
+                continue
+            seconds = samples[(model, runtime)]
+            results[model][runtime] = {"median_s": statistics.median(seconds), "calls": len(seconds),
+                                       "p99_s": float(np.percentile(seconds, 99)), "mean_s": statistics.fmean(seconds)}
     return results
 
 
@@ -289,42 +296,42 @@ def ratios(latency: dict[str, dict], throughput: dict[str, dict]) -> dict[str, f
     out: dict[str, float] = {}
 
     def get(table: dict, model: str, runtime: str) -> Optional[float]:
-        entry = table.get(model, {}).get(runtime, {})
-        return entry.get("median_s")
+        return table.get(model, {}).get(runtime, {}).get("median_s")
 
+    for workload, table in latency.items():
+        for model in ("cfc", "ltc"):
+            ncps = get(table, f"ncps-{model}", "layer")
+            for runtime in ("layer", "stream"):
+                ours = get(table, model, runtime)
+                if ours and ncps:
+                    out[f"{workload} step {model}: torchliquid {runtime} vs ncps layer"] = ncps / ours
+            for baseline in ("lstm", "gru"):
+                theirs, ours = get(table, baseline, "layer"), get(table, model, "stream")
+                if ours and theirs:
+                    out[f"{workload} step {model}: torchliquid stream vs {baseline} layer"] = theirs / ours
     for model in ("cfc", "ltc"):
-        eager = get(latency, model, "eager")
-        for runtime in ("torchscript", "onnxruntime"):
-            other = get(latency, model, runtime)
-            if eager and other:
-                out[f"step {model}: {runtime} vs eager"] = eager / other
-        ncps = get(latency, f"ncps-{model}", "eager")
-        if eager and ncps:
-            out[f"step {model}: torchliquid eager vs ncps eager"] = ncps / eager
-        lstm = get(latency, "lstm", "eager")
-        best = min(filter(None, (get(latency, model, r) for r in RUNTIMES)), default=None)
-        if best and lstm:
-            out[f"step {model}: fastest torchliquid runtime vs LSTM eager"] = lstm / best
-        seq, seq_ncps = get(throughput, model, "eager"), get(throughput, f"ncps-{model}", "eager")
+        seq, seq_ncps = get(throughput, model, "layer"), get(throughput, f"ncps-{model}", "layer")
         if seq and seq_ncps:
-            out[f"sequence {model}: torchliquid eager vs ncps eager"] = seq_ncps / seq
+            out[f"sequence {model}: torchliquid layer vs ncps layer"] = seq_ncps / seq
     return out
 
 
 def print_report(result: dict[str, Any]) -> None:
     cfg = result["config"]
-    print(f"\nsingle-step latency, batch 1: median / p99 over {cfg['calls']:,} calls")
-    rows = [[model] + [_cell(row[r], 1e6, "us") for r in RUNTIMES] for model, row in result["latency"].items()]
-    print(harness.format_table(rows, ["model", *RUNTIMES]))
-    print(f"\nsequence throughput, batch {cfg['batch']} x T {cfg['length']}: sequences/s (median pass)")
+    for workload, table in result["latency"].items():
+        print(f"\n{workload}: single-step latency, batch 1: median / p99 over {cfg['calls']:,} calls")
+        rows = [[model] + [_cell(row[r], 1e6, "us") for r in RUNTIMES] for model, row in table.items()]
+        print(harness.format_table(rows, ["model", *RUNTIMES]))
+    print(f"\n{cfg['sequence_workload']}: sequence throughput, batch {cfg['batch']} x T {cfg['length']}: "
+          "sequences/s (median pass)")
     rows = [[model] + ["n/a" if "skipped" in row[r] else f"{cfg['batch'] / row[r]['median_s']:,.0f}" for r in RUNTIMES]
             for model, row in result["throughput"].items()]
     print(harness.format_table(rows, ["model", *RUNTIMES]))
     print("\nspeed-ups (median time ratio, > 1 = faster):")
     for key, value in result["ratios"].items():
-        print(f"  {key:<58} x{value:.2f}")
-    skipped = {f"{m}/{r}": e["skipped"] for table in ("latency", "throughput")
-               for m, row in result[table].items() for r, e in row.items() if "skipped" in e}
+        print(f"  {key:<64} x{value:.2f}")
+    skipped = {f"{m}/{r}": e["skipped"] for table in [*result["latency"].values(), result["throughput"]]
+               for m, row in table.items() for r, e in row.items() if "skipped" in e}
     for key, reason in sorted(set(skipped.items())):
         print(f"  n/a {key}: {reason}")
 
@@ -336,16 +343,18 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--json", default=None, help="also write the results as JSON to this path")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and onnxruntime")
     p.add_argument("--models", default=",".join(SUBJECTS), help=f"comma-separated subset of {list(SUBJECTS)}")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"single-step workloads, of {list(WORKLOADS)}")
     p.add_argument("--onnx-exporter", choices=["dynamo", "torchscript"], default=None,
                    help="exporter of the torchliquid ONNX files (default dynamo; torchscript with --smoke)")
     args = p.parse_args(argv)
     args.onnx_exporter = args.onnx_exporter or ("torchscript" if args.smoke else "dynamo")
     calls, warmup, passes = (20, 5, 1) if args.smoke else (1000, 100, 3) if args.quick else (2000, 200, 7)
-    inputs, units, batch, length = (7, 8, 8, 4) if args.smoke else (7, 64, 512, 32)
+    units, batch, length = (8, 8, 4) if args.smoke else (64, 512, 32)
     names = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(names) - set(SUBJECTS))
+    workloads = {"smoke": SMOKE} if args.smoke else {w: WORKLOADS[w] for w in args.workloads.split(",") if w}
+    unknown = sorted(set(names) - set(SUBJECTS)) + sorted(set(args.workloads.split(",")) - set(WORKLOADS) - {""})
     if unknown:
-        p.error(f"unknown model(s) {unknown}; choose from {list(SUBJECTS)}")
+        p.error(f"unknown model(s)/workload(s) {unknown}; choose from {list(SUBJECTS)} / {list(WORKLOADS)}")
     torch.set_num_threads(args.threads)
     # torch.jit / legacy-exporter deprecation notices and the exporter's LSTM batch-size note
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -353,26 +362,36 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r"Exporting a model to ONNX with a batch_size other than 1")
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # tracing ncps/LSTM steps at T = 1
     info = machine()
-    x = torch.randn(batch, length, inputs)
-    latency, throughput = {}, {}
+    latency: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        for key, (label, inputs, outputs) in workloads.items():
+            runners = {}
+            for name in names:
+                torch.manual_seed(0)
+                model = SUBJECTS[name](inputs, outputs, units).eval()
+                print(f"{label}: {name}: single-step runtimes ...", flush=True)
+                runners[name] = step_runners(name, model, inputs, units, args, Path(tmp))
+            print(f"{label}: timing {sum(len(r) for r in runners.values())} step runners interleaved ...", flush=True)
+            latency[label] = measure(runners, calls, warmup, rounds=10 if calls >= 10 else 1)
+        sequence_key = "smoke" if args.smoke else SEQUENCE_WORKLOAD
+        label, inputs, outputs = SMOKE if args.smoke else WORKLOADS[sequence_key]
+        x = torch.randn(batch, length, inputs)
+        runners = {}
         for name in names:
             torch.manual_seed(0)
-            model = SUBJECTS[name](inputs, units).eval()
-            print(f"{name}: single step ...", flush=True)
-            runners = step_runners(name, model, inputs, units, args, Path(tmp))
-            latency[name] = measure(runners, calls, warmup, rounds=10 if calls >= 10 else 1)
-            print(f"{name}: sequences ...", flush=True)
-            throughput[name] = measure(sequence_runners(name, model, x, args, Path(tmp)), passes, 2, rounds=passes)
+            runners[name] = sequence_runners(name, SUBJECTS[name](inputs, outputs, units).eval(), x, args, Path(tmp))
+        print(f"{label}: timing sequences ...", flush=True)
+        throughput = measure(runners, passes, 2, rounds=passes)
     info["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     result = {"machine": info,
               "config": {"mode": "smoke" if args.smoke else "quick" if args.quick else "full", "calls": calls,
-                         "warmup": warmup, "sequence_passes": passes, "inputs": inputs, "units": units,
-                         "batch": batch, "length": length, "threads": args.threads,
+                         "warmup": warmup, "sequence_passes": passes, "units": units,
+                         "workloads": {label: {"inputs": i, "outputs": o} for label, i, o in workloads.values()},
+                         "sequence_workload": label, "batch": batch, "length": length, "threads": args.threads,
                          "onnx_exporter": args.onnx_exporter},
               "latency": latency, "throughput": throughput, "ratios": ratios(latency, throughput)}
     print_report(result)
-    if args.json:
+    if args.json:  # written whole or not at all
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -22,16 +22,22 @@ def test_smoke_run_measures_or_explains_every_cell(tmp_path: Path, capsys) -> No
     out = tmp_path / "bench.json"
     bench_infer.main(["--smoke", "--json", str(out)])
     result = json.loads(out.read_text())
-    assert set(result["latency"]) == set(bench_infer.SUBJECTS) == set(result["throughput"])
-    for table in ("latency", "throughput"):
-        for model, row in result[table].items():
+    assert set(result["latency"]) == {"smoke"}
+    tables = {"latency": result["latency"]["smoke"], "throughput": result["throughput"]}
+    for table, rows in tables.items():
+        assert set(rows) == set(bench_infer.SUBJECTS), table
+        for model, row in rows.items():
             assert set(row) == set(bench_infer.RUNTIMES), (table, model)
             for runtime, entry in row.items():
-                expected_skip = model.startswith("ncps") and (runtime == "torchscript" or table == "throughput"
-                                                             and runtime == "onnxruntime")
+                expected_skip = (
+                    runtime == "stream" and (table == "throughput" or not model in ("cfc", "ltc"))
+                    or model.startswith("ncps") and (runtime == "torchscript" or table == "throughput"
+                                                     and runtime == "onnxruntime")
+                )
                 assert ("skipped" in entry) == expected_skip, (table, model, runtime, entry)
                 if not expected_skip:
                     assert entry["median_s"] > 0 and entry["p99_s"] >= entry["median_s"]
-    assert "step cfc: onnxruntime vs eager" in result["ratios"]
+    assert "smoke step cfc: torchliquid stream vs ncps layer" in result["ratios"]
+    assert "smoke step ltc: torchliquid layer vs ncps layer" in result["ratios"]
     assert result["machine"]["ncps"] == "1.0.1"
     assert "single-step latency" in capsys.readouterr().out

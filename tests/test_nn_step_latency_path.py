@@ -104,8 +104,6 @@ def test_one_step_equals_reference(monkeypatch, ltc_kernel, name, timespans):
         y, h_n = model(x, h, dt)
     _close(y, y_ref, "output")
     _close(h_n, h_ref, "state")
-    if name.startswith("cfc") and not name.startswith("cfc-wired"):
-        assert torch.equal(y, y_ref) and torch.equal(h_n, h_ref)  # the same ops: the same bits
 
 
 @pytest.mark.parametrize("layout", ["time_major", "unbatched", "last_only", "unbatched_last_only"])

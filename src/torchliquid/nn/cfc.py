@@ -68,6 +68,12 @@ class CfC(SequenceLayer):
     under torch.jit.trace / torch.compile / torch.export        "reference"     "reference"
     ==========================================================  ==============  ================
 
+    One step (T = 1) without autograd (``torch.no_grad``, ``inference_mode``, or nothing requiring
+    grad) runs none of these: the streaming path of nn/step_path.py (also ``infer.Stream.step``)
+    replays the cell from tensors derived once per parameter state, op for op (equal to
+    "reference": 0 difference here, the four heads' one GEMM may round ~1e-7 apart on another
+    BLAS); mixed memory, tracing, autocast, active dropout and forward hooks keep the table's path.
+
     "function" on CPU uses its C kernels for fp32/fp64 (torch ops for fp16/bf16 or without a C
     compiler, TORCHLIQUID_NATIVE=0); under autocast the sequence runs in the autocast dtype;
     timespans that require grad make the kernel run its reference loop (no d/d(dt) in its

@@ -63,6 +63,12 @@ class LTC(SequenceLayer):
     under torch.jit.trace / torch.compile / export       "reference"  "reference"
     ===================================================  ===========  ==========================
 
+    One step (T = 1) without autograd (``torch.no_grad``, ``inference_mode``, or nothing requiring
+    grad) runs none of these: the streaming path of nn/step_path.py (also ``infer.Stream.step``)
+    replays the cell from tensors derived once per parameter state (unfolds in the native kernel:
+    ~1e-7 from "reference"); mixed memory, tracing, autocast, active dropout and forward hooks on
+    submodules keep the table's path.
+
     On CPU without a C compiler (or TORCHLIQUID_NATIVE=0) "auto" takes the torch backends as on
     CUDA. A backend named explicitly where "auto" would fall back raises ValueError. The fused
     backwards are first-order: backward with create_graph=True raises; use "reference" then.

@@ -294,7 +294,7 @@ class SequenceLayer(nn.Module):
         dt_BT1 = None if timespans is None else canonical_timespans(timespans, self.batch_first, unbatched, x_BTI)
         state = canonical_state(hx, self.state_size, self.use_mixed, unbatched, x_BTI)
         if plan is not None and not step_path.needs_graph(plan, x_BTI, state[0], dt_BT1):
-            y_BO, h_BU = plan.run(x_BTI[:, 0], state[0], None if dt_BT1 is None else dt_BT1[:, 0])
+            y_BO, h_BU = plan.run(x_BTI.squeeze(1), state[0], None if dt_BT1 is None else dt_BT1.squeeze(1))
             if unbatched:  # output (T=1, O), or (O,) for the last step only; state (U,)
                 return (y_BO if self.return_sequences else y_BO.squeeze(0)), h_BU.squeeze(0)
             if self.return_sequences:

@@ -12,18 +12,19 @@ sensory weights alone), and the cells' ``_step`` re-derives the same tensors on 
 :class:`Plan` derives them once per parameter state and replays the step from them:
 
     CfC   heads ff1|ff2|time_a|time_b as one (4U, Z) matrix, sparsity masks applied;
-          the math is functional.py's, op for op (equal to "reference" bit for bit)
+          the math is functional.py's, op for op (0 difference from "reference" on this
+          machine's BLAS; the heads' one GEMM may round ~1e-7 apart elsewhere)
     LTC   softplus'd, masked and erev-weighted synapse grids, cm / (1 / unfolds), the wiring's
-          synapse list packed for the native kernel; sensory currents with torch ops (equal to
-          functional.py bit for bit), the unfolds in the native C kernel (~1e-7 from
-          "reference"; torch ops where it cannot run)
+          synapse list packed for the native kernel; sensory currents with functional.py's
+          torch ops, the unfolds in the native C kernel (~1e-7 from "reference"; torch ops,
+          the reference's order of operations, where it cannot run)
 
 Cache invalidation (a stale plan would silently run old weights): a plan is rebuilt when any
 tensor it read is replaced or changed in place (identity, ``_version``, ``data_ptr``: an
 optimizer step, ``load_state_dict``, an edit under ``no_grad``, ``.data =``, ``.to()``), when any
 torch optimizer steps (fused optimizers update parameters without bumping ``_version``; a
-global step hook counts every ``Optimizer.step``), when a module or tensor on its path is
-replaced, or a Sequential gains/loses a member. An edit through ``tensor.data`` in place
+global step hook counts every ``Optimizer.step``), when a module, tensor or plain attribute
+on its path (mode, epsilon, ode_unfolds, ...) is replaced, or a Sequential gains a member. An edit through ``tensor.data`` in place
 (``p.data.add_(1)``) is invisible to all of these, as it is to autograd: call
 ``invalidate(layer)`` after one.
 
@@ -74,7 +75,7 @@ _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", None)
 def tracing() -> bool:
     """True under torch.jit.trace, torch.compile or torch.export, where opaque ctypes calls and
     hand-written autograd Functions would break or be frozen into the graph; the loop is not."""
-    return _is_tracing() or _is_compiling() or _is_exporting()
+    return _is_compiling() or _is_tracing() or _is_exporting()  # is_compiling first: dynamo folds it
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -282,7 +283,7 @@ def _cfc_cell(plan: Plan, cell: nn.Module) -> _CfCCellPlan:
 
 
 def _cfc_cell_step(cp: _CfCCellPlan, x_BI: torch.Tensor, h_BU: torch.Tensor, dt_B1: Optional[torch.Tensor]) -> torch.Tensor:
-    """CfCCell._step from the plan: the same ops, so the same bits (one GEMM for the 4 heads)."""
+    """CfCCell._step from the plan: the same ops in the same order (one GEMM for the 4 heads)."""
     z_BZ = torch.cat((x_BI, h_BU), 1)
     for fn, weight, bias in cp.backbone:
         z_BZ = fn(z_BZ) if weight is None else fn(z_BZ, weight, bias)
