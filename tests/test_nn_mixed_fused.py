@@ -340,6 +340,27 @@ def test_outputs_and_final_states_are_separate_tensors():
     assert torch.equal(h, h_before) and torch.equal(c, c_before)
 
 
+@pytest.mark.parametrize("layer_class", [CfC, LTC])
+def test_reused_step_buffers_never_leak_between_live_calls(layer_class):
+    """mixed_fused reuses its step buffers across calls (_Workspace): an output kept from one call
+    survives the next, and three graphs alive at once backpropagate as three separate runs."""
+    torch.manual_seed(9)
+    fast = layer_class(I, tl_wirings.AutoNCP(8, 2), mixed_memory=True)
+    reference = copy.deepcopy(fast)
+    reference.implementation = "reference"
+    xs = [torch.randn(3, 5, I) for _ in range(3)]
+    with torch.no_grad():
+        first, (h, c) = fast(xs[0])
+        kept = [t.clone() for t in (first, h, c)]
+        fast(xs[1])
+    assert all(torch.equal(a, b) for a, b in zip((first, h, c), kept))
+    outs = [fast(x)[0] for x in xs]
+    for x, y in reversed(list(zip(xs, outs))):
+        got = torch.autograd.grad(y.square().sum(), list(fast.parameters()))
+        want = torch.autograd.grad(reference(x)[0].square().sum(), list(reference.parameters()))
+        assert max(_rel(a, b) for a, b in zip(got, want)) < 1e-4
+
+
 def test_the_comparison_catches_a_wrong_weight():
     """The checks can fail: one LSTM weight off by 1e-3 in the fast layer is caught."""
     theirs, ours = _case("cfc", "dense")
