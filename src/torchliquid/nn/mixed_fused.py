@@ -203,8 +203,10 @@ class _MixedFunction(torch.autograd.Function):
         ctx.save_for_backward(w_in_4UI, w_rec_4UU, h0_BU, c0_BU, *cell_tensors)
         cell.bind(None)  # its inputs travel through save_for_backward (version-checked)
         ctx.cell, ctx.ops, ctx.last_only, ctx.workspace, ctx.buffers = cell, ops, last_only, workspace, (*buffers, x_NI)
-        # Fresh tensors, never views of the pooled buffers (callers may keep or edit outputs).
-        return (h_TBU[-1].clone() if last_only else h_TBU.transpose(0, 1).contiguous()), c_TBU[-1].clone()
+        # Fresh tensors, never views of the pooled buffers (callers may keep or edit outputs);
+        # not .contiguous(), which hands back the buffer itself when B or T is 1.
+        h_out = h_TBU[-1] if last_only else h_TBU.transpose(0, 1)
+        return h_out.clone(memory_format=torch.contiguous_format), c_TBU[-1].clone()
 
     @staticmethod
     def backward(ctx: Any, g_out, g_c_T):  # type: ignore[override]
