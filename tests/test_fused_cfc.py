@@ -118,7 +118,7 @@ def test_batch_and_length_sweep(implementation, B, T):
 @pytest.mark.parametrize("mode,activation,layers", [("default", "lecun_tanh", 1), ("no_gate", "tanh", 2),
                                                     ("pure", "lecun_tanh", 0), ("default", "tanh", 3)])
 @pytest.mark.parametrize("timed,last", [(False, False), (True, False), (False, True)])
-@pytest.mark.parametrize("B,I", [(37, 5), (64, 40), (130, 3)])
+@pytest.mark.parametrize("B,I", [(37, 5), (47, 5), (64, 40), (130, 3)])  # every row remainder of MR 6 or 8
 def test_c_loop_splits_the_batch_over_threads_exactly(mode, activation, layers, timed, last, B, I):
     """The C loop gives each thread a block of rows (>= 16 rows each) for the whole sequence,
     with its own packed-GEMM kernel; uneven blocks, wide inputs (one input-half GEMM over all

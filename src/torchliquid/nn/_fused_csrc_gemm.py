@@ -20,7 +20,11 @@ GEMM_TEMPLATE = r"""
 typedef REAL vec_SFX __attribute__((vector_size(32)));
 #define VL_SFX ((int64_t)(32 / sizeof(REAL)))  /* lanes per vector */
 #define NR_SFX (2 * VL_SFX)                    /* columns per panel: two vectors */
-#define MR_SFX 6                               /* rows per micro-kernel call: 12 accumulators */
+#ifdef __AVX512F__  /* 32 vector registers (AVX-512VL gives 256-bit ops all 32) */
+#define MR_SFX 8                               /* rows per micro-kernel call: 16 accumulators */
+#else
+#define MR_SFX 6                               /* 12 accumulators of 16 registers */
+#endif
 
 /* The right-hand side of C = A op(W), packed: panel j holds op(W)[k][j*NR .. j*NR+NR-1] for
    k = 0..K-1, contiguous, zero-padded past N. trans: op(W) = W^T with W [N][K] (leading dim
@@ -95,6 +99,8 @@ static void gemm_packed_SFX(int64_t M, const REAL* A, int64_t rs, int64_t cs, co
         for (; r + MR_SFX <= M; r += MR_SFX)
             micro_SFX(MR_SFX, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc);
         switch (M - r) {
+            case 7: micro_SFX(7, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc); break;
+            case 6: micro_SFX(6, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc); break;
             case 5: micro_SFX(5, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc); break;
             case 4: micro_SFX(4, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc); break;
             case 3: micro_SFX(3, K, A + r * rs, rs, cs, panel, accumulate, Cj + r * ldc, ldc, nc); break;
