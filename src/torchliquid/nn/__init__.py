@@ -7,6 +7,7 @@
 from . import functional, wirings
 from .cfc import CfC
 from .cfc_cell import CfCCell, WiredCfCCell
+from .counting import ParameterCount, count_parameters
 from .ltc import LTC
 from .ltc_cell import LTCCell, constrain_after_step
 from .mixed_memory import LSTMCell
@@ -23,6 +24,8 @@ __all__ = [
     "constrain_after_step",
     "MODELS",
     "build_model",
+    "count_parameters",
+    "ParameterCount",
     "save_model",
     "load_model",
     "model_from_config",

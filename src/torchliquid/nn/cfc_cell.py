@@ -172,6 +172,12 @@ class CfCCell(nn.Module):
     def output_size(self) -> int:
         return self.hidden_size
 
+    def masked_parameters(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(weight, mask) pairs: entries where the mask is 0 never reach the output (ff1, ff2)."""
+        if self.sparsity_mask is None:
+            return []
+        return [(self.ff1.weight, self.sparsity_mask), (self.ff2.weight, self.sparsity_mask)]
+
     def _masked_linear(self, linear: nn.Linear, z_BZ: torch.Tensor) -> torch.Tensor:
         weight_UZ = linear.weight if self.sparsity_mask is None else linear.weight * self.sparsity_mask
         return F.linear(z_BZ, weight_UZ, linear.bias)

@@ -172,6 +172,14 @@ class LTCCell(nn.Module):
     def sensory_synapse_count(self) -> int:
         return self._wiring.sensory_synapse_count
 
+    def masked_parameters(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(parameter, mask) pairs: a synapse the wiring lacks contributes w·σ(...)·0 whatever its
+        w, mu, sigma and erev are, so those entries are not effective parameters."""
+        recurrent = [(p, self.sparsity_mask) for p in (self.sigma, self.mu, self.w, self.erev)]
+        sensory = [(p, self.sensory_sparsity_mask) for p in (self.sensory_sigma, self.sensory_mu, self.sensory_w,
+                                                            self.sensory_erev)]  # fmt: skip
+        return recurrent + sensory
+
     # Both maps act on the last axis only, so a whole-sequence path can apply them to (B, T, ·).
 
     def _map_inputs(self, x_BI: torch.Tensor) -> torch.Tensor:
