@@ -63,7 +63,8 @@ class CfC(SequenceLayer):
     ==========================================================  ==============  ================
     dense (every mode, activation, backbone depth, proj_size)   "function"      "function-torch"
     wired (any wiring; one kernel call per wiring layer)        "function"      "function-torch"
-    mixed_memory=True (LSTM and cell alternate every step)      "reference"     "reference"
+    mixed_memory=True (nn/mixed_fused.py: LSTM and cell in one  "function"      "function-torch"
+    Function, the cell's C element-wise kernels on CPU)
     backbone_dropout > 0 with >= 2 layers, in training mode     "reference"     "reference"
     under torch.jit.trace / torch.compile / torch.export        "reference"     "reference"
     ==========================================================  ==============  ================

@@ -59,7 +59,8 @@ class LTC(SequenceLayer):
     any wiring, mappings, constraints, ode_unfolds,      "native"     "torch-sparse" if the
     timespans (fp32/fp64; fp16/bf16 run in fp32)                      wiring keeps < 50 % of the
                                                                       pairs, else "torch-dense"
-    mixed_memory=True (LSTM and cell alternate)          "reference"  "reference"
+    mixed_memory=True (nn/mixed_fused.py: LSTM and cell  "native"     as above
+    in one Function, one recurrence step per call)
     under torch.jit.trace / torch.compile / export       "reference"  "reference"
     ===================================================  ===========  ==========================
 
