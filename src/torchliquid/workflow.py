@@ -32,7 +32,7 @@ from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT,
                                load_run, recorded_result, write_json)
 from torchliquid.train.graphs import WARMUP_STEPS
 from torchliquid.train.graphs import check_supported as check_cuda_graphs
-from torchliquid.train.loop import model_output
+from torchliquid.train.forward import model_output
 from torchliquid.train.optim import adam
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.

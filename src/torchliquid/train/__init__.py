@@ -12,9 +12,9 @@ from torchliquid.train.batches import EpochBatches, Split, TrainData, eval_slice
 from torchliquid.train.checkpoint import (CheckpointError, CheckpointFallbackWarning,
                                           load_checkpoint, load_first_good, save_checkpoint,
                                           write_csv, write_json)
-from torchliquid.train.evaluate import evaluate_checkpoint, load_run, recorded_result
-from torchliquid.train.loop import (NonFiniteLossError, Trainer, count_parameters,
-                                    evaluate_split, fit)
+from torchliquid.train.evaluate import (evaluate_checkpoint, evaluate_split, load_run,
+                                        recorded_result)
+from torchliquid.train.loop import NonFiniteLossError, Trainer, count_parameters, fit
 from torchliquid.train.records import (CHECKPOINT, CONFIG, METRICS, PREVIOUS_CHECKPOINT, RESULT,
                                        metric_columns, samples_name)
 from torchliquid.train.tasks import TASKS, Task, get_task

@@ -1,5 +1,9 @@
-"""Reload a finished run and reproduce its recorded test metrics.
+"""Evaluate a model: its metrics on a split, or a finished run's, reproduced from its checkpoint.
 
+:func:`evaluate_split` gives the dataset-level metrics the trainer reports before training and
+after each epoch.
+
+:func:`evaluate_checkpoint` reloads a finished run and reproduces its recorded test metrics.
 ``train`` never imports the model zoo, so the caller passes ``build_model``: a function from the
 model spec recorded in the run (``run_info["model"]``, a JSON dict) to a fresh module. The
 checkpoint supplies the weights, the task, the evaluation batch size and the precision, so on
@@ -16,11 +20,27 @@ import torch
 
 from torchliquid import runtime
 from torchliquid.config import TrainConfig
-from torchliquid.train.batches import Split
+from torchliquid.train.batches import Split, eval_slices
 from torchliquid.train.checkpoint import CheckpointError, load_checkpoint
-from torchliquid.train.loop import evaluate_split
+from torchliquid.train.forward import autocast, model_output
 from torchliquid.train.records import CHECKPOINT, RESULT
-from torchliquid.train.tasks import get_task
+from torchliquid.train.tasks import Task, get_task
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, split: Split, task: Task, *, batch_size: int,
+                   device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """Dataset-level metrics of ``model`` on ``split`` (all ranks' shards, summed exactly)."""
+    model.eval()
+    sums = torch.zeros(task.n_sums, dtype=torch.float64, device=device)
+    for sl in eval_slices(len(split), batch_size, world_size=runtime.world_size(),
+                          rank=runtime.rank()):
+        x, y = split.x[sl], split.y[sl]
+        with autocast(device, precision):
+            out = model_output(model, x)
+        task.check(out, y)
+        sums += task.sums(out, y)
+    return task.finish(runtime.all_reduce_sum(sums).tolist())  # host sync
 
 
 def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:

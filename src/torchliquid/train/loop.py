@@ -21,7 +21,6 @@ bit for bit, mid-epoch included; see ``state_dict``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -33,8 +32,10 @@ from torchliquid import runtime
 from torchliquid.config import TrainConfig
 from torchliquid.monitor import HardwareMonitor
 from torchliquid.train import graphs
-from torchliquid.train.batches import EpochBatches, Split, TrainData, eval_slices
+from torchliquid.train.batches import EpochBatches, Split, TrainData
+from torchliquid.train.evaluate import evaluate_split
 from torchliquid.train.faults import FaultInjector
+from torchliquid.train.forward import autocast, model_output
 from torchliquid.train.monitoring import finish_monitor, open_monitor
 from torchliquid.train.optim import adam
 from torchliquid.train.records import (Console, NullConsole, NullRunFiles, RunFiles,
@@ -46,38 +47,8 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message says where and what was skipped."""
 
 
-def model_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on ``x`` (B, T, I); models that return ``(output, state)`` give ``output``."""
-    out = model(x)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def autocast(device: torch.device, precision: str,
-             cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    if precision == "bf16":  # a CUDA graph capture needs the weight-cast cache off
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              cache_enabled=cache_enabled)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def evaluate_split(model: torch.nn.Module, split: Split, task: Task, *, batch_size: int,
-                   device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """Dataset-level metrics of ``model`` on ``split`` (all ranks' shards, summed exactly)."""
-    model.eval()
-    sums = torch.zeros(task.n_sums, dtype=torch.float64, device=device)
-    for sl in eval_slices(len(split), batch_size, world_size=runtime.world_size(),
-                          rank=runtime.rank()):
-        x, y = split.x[sl], split.y[sl]
-        with autocast(device, precision):
-            out = model_output(model, x)
-        task.check(out, y)
-        sums += task.sums(out, y)
-    return task.finish(runtime.all_reduce_sum(sums).tolist())  # host sync
 
 
 class Trainer:
