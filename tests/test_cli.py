@@ -82,6 +82,8 @@ def test_train_then_evaluate_reproduces_the_metrics(capsys, tmp_path, model):
     assert config["command"][:2] == ["torchliquid", "train"]
     assert RunConfig.from_dict(config["run"]).train.epochs == 2
     assert result["model"] == model and result["epochs"] == 2
+    # A18: the study's AutoNCP LTC reports the synapses its wiring keeps; dense CfC has no mask
+    assert (result["effective_params"] < result["params"]) == (model == "ltc")
     assert all(torch.isfinite(torch.tensor(list(result["post_training"].values()))))
     with open(run / "metrics.csv", newline="") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]

@@ -26,9 +26,9 @@ import torch
 from torchliquid import runtime
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
 from torchliquid.data import get_dataset, load_dataset
-from torchliquid.nn import build_model, constrain_after_step
+from torchliquid.nn import build_model, constrain_after_step, count_parameters
 from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT, Trainer,
-                               TrainData, count_parameters, evaluate_checkpoint, load_first_good,
+                               TrainData, evaluate_checkpoint, load_first_good,
                                load_run, recorded_result, write_json)
 from torchliquid.train.graphs import WARMUP_STEPS
 from torchliquid.train.graphs import check_supported as check_cuda_graphs
@@ -131,9 +131,11 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     model = build_from_spec(spec).to(device)
     optimizer = adam(model.parameters(), lr=cfg.scaled_lr(world))
     constrain_after_step(optimizer, model)
+    count = count_parameters(model)
     say(f"model: {run.model.name} {json.dumps({k: v for k, v in spec.items() if k != 'name'})}, "
-        f"{count_parameters(model):,} trainable parameters", quiet)
+        f"{count}", quiet)
     run_info = {"model": spec, "dataset": dataset_info(run.data, splits),
+                "parameters": {"total": count.total, "effective": count.effective},
                 "normalization": splits.normalization, "run": run.to_dict(),
                 "command": list(command) if command is not None else None}
     before = _sine_predictions(model, splits, device) if run.data.name == "sine" else None

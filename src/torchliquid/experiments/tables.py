@@ -118,6 +118,7 @@ def flatten(record: Mapping[str, Any]) -> dict[str, Any]:
         "wall_seconds": _num(record.get("wall_seconds")),
         "sequences_per_second": _num(result.get("sequences_per_second")),
         "params": result.get("params"),
+        "effective_params": result.get("effective_params"),
     }
     for name, value in post.items():
         row[f"test_{name}"] = _num(value)

@@ -21,8 +21,8 @@ class ParameterCount:
 
     def __str__(self) -> str:
         if self.effective == self.total:
-            return f"{self.total:,} parameters"
-        return f"{self.total:,} parameters ({self.effective:,} effective: the wiring masks {self.masked:,} out)"
+            return f"{self.total:,} trainable parameters"
+        return f"{self.total:,} trainable parameters ({self.effective:,} effective: the wiring masks {self.masked:,} out)"
 
     @property
     def masked(self) -> int:

@@ -14,7 +14,7 @@ from torchliquid.train.checkpoint import (CheckpointError, CheckpointFallbackWar
                                           write_csv, write_json)
 from torchliquid.train.evaluate import (evaluate_checkpoint, evaluate_split, load_run,
                                         recorded_result)
-from torchliquid.train.loop import NonFiniteLossError, Trainer, count_parameters, fit
+from torchliquid.train.loop import NonFiniteLossError, Trainer, fit
 from torchliquid.train.records import (CHECKPOINT, CONFIG, METRICS, PREVIOUS_CHECKPOINT, RESULT,
                                        metric_columns, samples_name)
 from torchliquid.train.tasks import TASKS, Task, get_task
@@ -22,7 +22,7 @@ from torchliquid.train.tasks import TASKS, Task, get_task
 __all__ = [
     "CHECKPOINT", "CONFIG", "METRICS", "PREVIOUS_CHECKPOINT", "RESULT", "TASKS",
     "CheckpointError", "CheckpointFallbackWarning", "EpochBatches", "NonFiniteLossError", "Split",
-    "Task", "TrainConfig", "TrainData", "Trainer", "count_parameters", "eval_slices",
+    "Task", "TrainConfig", "TrainData", "Trainer", "eval_slices",
     "evaluate_checkpoint", "evaluate_split", "fit", "get_task", "load_checkpoint",
     "load_first_good", "load_run", "metric_columns", "recorded_result", "samples_name",
     "save_checkpoint", "write_csv", "write_json",

@@ -47,7 +47,7 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the message says where and what was skipped."""
 
 
-def count_parameters(model: torch.nn.Module) -> int:
+def _trainable_entries(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -325,7 +325,8 @@ class Trainer:
             "post_training": {m: post[f"test_{m}"] for m in names} if post else self.pre_training,
             "train_seconds": self.train_seconds,
             "sequences_per_second": self.sequences / self.train_seconds if self.train_seconds else 0.0,
-            "params": count_parameters(self.model),
+            "params": _trainable_entries(self.model),
+            "effective_params": self.run_info.get("parameters", {}).get("effective"),
             "model": self.run_info.get("model", {}).get("name", type(self.model).__name__),
             "dataset": self.run_info.get("dataset", {}).get("name"),
             "task": self.task.name, "metric": self.task.metric,
