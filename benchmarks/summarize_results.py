@@ -1,6 +1,6 @@
 """Headline Markdown tables from a bench_train.py --json file (used to write RESULTS.md).
 
-    .venv/bin/python benchmarks/summarize_results.py benchmarks/results_full_threads1.json
+    .venv/bin/python benchmarks/summarize_results.py benchmarks/raw/2026-12-04_full_threads2.json
 
 Prints: training throughput per workload and batch for the default fused paths against ncps and
 LSTM (with ratios, and the issue's quoted ncps figure where ncps could not run here), every
