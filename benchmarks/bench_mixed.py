@@ -141,18 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="traffic,har", help=f"comma list of {sorted(WORKLOADS)}")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--units", type=int, default=64)
-    p.add_argument("--cases", default=",".join(CASES), help="comma list of contenders")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: a shared machine)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10, help="timed steps per contender")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    harness.add_run_arguments(p, CASES)
     args = p.parse_args(argv)
     if args.smoke:
         args.workloads, args.batch, args.units, args.warmup, args.rounds = "smoke", 4, 12, 1, 2
-    torch.set_num_threads(args.threads)
-    machine = harness.machine_info(torch.device("cpu"))
-    print(f"{machine['cpu']}, torch {machine['torch']}, {torch.get_num_threads()} thread(s), "
-          f"load average {machine.get('loadavg')}, {machine['time']}")  # fmt: skip
+    machine = harness.start_cpu_run(args.threads)
     results = []
     for name in args.workloads.split(","):
         results += run(WORKLOADS[name], args.batch, args.units, args.cases.split(","), args.warmup, args.rounds)

@@ -101,18 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", type=int, default=8)
     p.add_argument("--units", type=int, default=128)
     p.add_argument("--sparsity", type=float, default=0.7, help="AutoNCP sparsity_level of the sparse wiring")
-    p.add_argument("--cases", default=",".join(CASES), help="comma list of contenders")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: a shared machine)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10, help="timed steps per contender")
-    p.add_argument("--json", type=Path, help="also write the results here")
+    harness.add_run_arguments(p, CASES)
     args = p.parse_args(argv)
     if args.smoke:
         args.batch, args.steps, args.units, args.warmup, args.rounds = 4, 3, 40, 1, 1
-    torch.set_num_threads(args.threads)
-    machine = harness.machine_info(torch.device("cpu"))
-    print(f"{machine['cpu']}, torch {machine['torch']}, {torch.get_num_threads()} thread(s), "
-          f"load average {machine.get('loadavg')}, {machine['time']}")  # fmt: skip
+    machine = harness.start_cpu_run(args.threads)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, args.steps, args.inputs, generator=g)
     target = torch.randn(args.batch, min(MOTORS, args.units), generator=g)

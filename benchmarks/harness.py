@@ -14,6 +14,7 @@ Memory is measured two ways, both per training step:
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import gc
@@ -23,6 +24,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -215,6 +217,24 @@ class Record:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, cases: list[str]) -> None:
+    """The options every interleaved CPU benchmark shares: contenders, threads, warm-up, rounds, JSON."""
+    parser.add_argument("--cases", default=",".join(cases), help="comma list of contenders")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: a shared machine)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=10, help="timed steps per contender")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+
+
+def start_cpu_run(threads: int) -> dict[str, object]:
+    """Set the intra-op threads, print one provenance line, return the machine description."""
+    torch.set_num_threads(threads)
+    machine = machine_info(torch.device("cpu"))
+    print(f"{machine['cpu']}, torch {machine['torch']}, {torch.get_num_threads()} thread(s), "
+          f"load average {machine.get('loadavg')}, {machine['time']}")  # fmt: skip
+    return machine
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
