@@ -178,6 +178,22 @@ def test_saved_memory_is_linear_in_batch_time_units(backend):
     assert reference > 10 * small
 
 
+def test_ltc_layer_saves_at_most_ten_times_cfc_at_the_field_case_size():
+    """Field case A16's right behaviour at its own size (B=32, T=64, I=8, U=128, 6 unfolds; ncps
+    saves 3,225 MB for LTC there, 33 MB for CfC): the LTC layer as users build it saves <= 10x
+    what the CfC layer saves, for every fused backend."""
+    from torchliquid.nn import CfC, LTC
+
+    x = torch.randn(32, 64, 8)
+    torch.manual_seed(0)
+    cfc_bytes = _saved_bytes(lambda: CfC(8, 128)(x))
+    for backend in BACKENDS:
+        torch.manual_seed(0)
+        ltc = LTC(8, 128, implementation=backend)
+        ltc_bytes = _saved_bytes(lambda: ltc(x))
+        assert ltc_bytes <= 10 * cfc_bytes, (backend, ltc_bytes / 2**20, cfc_bytes / 2**20)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_output_dtype_follows_input(dtype):
     wiring = _wiring("ncp", 4, 10, 2)
