@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 DEFAULT_EXPORT_NAMES = {"onnx": "model.{form}.onnx", "torchscript": "model.{form}.torchscript.pt"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # what --out FILE must end in
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -63,8 +64,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="output file, or a folder to put the default name in (default: RUN/model.FORM.onnx or "
                         "RUN/model.FORM.torchscript.pt)")
-    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo",
-                   help="ONNX only: torch.export (Scan op, default) or the legacy TorchScript exporter (Loop op)")
+    # default None, not "dynamo": a --exporter given with --format torchscript must be seen to refuse it
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default=None,
+                   help="ONNX only: torch.export (Scan op, default dynamo) or the legacy TorchScript exporter "
+                        "(Loop op)")
     p.add_argument("--no-verify", action="store_true",
                    help="ONNX only: skip running the file in onnxruntime against eager PyTorch (by default "
                         "it is run at two batch sizes and lengths and compared; the check is printed)")
@@ -91,6 +94,9 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
     path = Path(out) if out else Path(run_dir) / default_name
     if path.is_dir():  # --out FOLDER: the default file name inside it
         path = path / default_name
+    elif path.suffix.lower() != EXPORT_SUFFIXES[fmt]:  # e.g. --out data.csv would replace a CSV
+        raise ValueError(f"--out {out}: a {fmt} file must end in {EXPORT_SUFFIXES[fmt]} (or name an existing "
+                         f"folder to write {default_name} in)")
     preprocessing = {"task": predictor.task, "dataset": predictor.dataset, "seq_len": predictor.seq_len,
                      "feature_names": list(predictor.feature_names), "target_names": list(predictor.target_names),
                      "normalization": predictor.normalization}
@@ -103,8 +109,14 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
 
 def run_export(args: argparse.Namespace) -> int:
     say = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    if args.format != "onnx":  # refused rather than ignored: the user expects them to do something
+        given = [flag for flag, value in (("--exporter", args.exporter), ("--no-verify", args.no_verify)) if value]
+        if given:
+            raise ValueError(f"{' and '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to --format onnx, "
+                             f"not --format {args.format}; leave {'it' if len(given) == 1 else 'them'} out")
     try:
-        path = export_run(args.run, args.format, args.out, args.form, args.exporter, not args.no_verify, report=say)
+        path = export_run(args.run, args.format, args.out, args.form, args.exporter or "dynamo", not args.no_verify,
+                          report=say)
     except ImportError as error:  # onnx/onnxruntime/onnxscript not installed: one line, not a traceback
         message = str(error).replace("verify=False", "--no-verify")
         raise ValueError(message if "pip install" in message else

@@ -220,10 +220,27 @@ def write_prediction(prediction: Prediction, output_path: PathLike, rows: Option
         frame = prediction_frame(prediction, rows)
         return _atomic(path, lambda handle: frame.to_csv(handle, index=False, float_format="%.9g"), "w")
     if prediction.task == "classification":
-        probabilities_path = path.with_name(f"{path.stem}.probabilities.npy")
-        _atomic(probabilities_path, lambda handle: np.save(handle, prediction.probabilities), "wb")
+        _atomic(probabilities_path(path), lambda handle: np.save(handle, prediction.probabilities), "wb")
         return _atomic(path, lambda handle: np.save(handle, prediction.classes), "wb")
     return _atomic(path, lambda handle: np.save(handle, prediction.values), "wb")
+
+
+def probabilities_path(output: Path) -> Path:
+    """Where a classification .npy output puts its probabilities: NAME.probabilities.npy."""
+    return output.with_name(f"{output.stem}.probabilities.npy")
+
+
+def check_not_input(input_path: PathLike, outputs: list[Path]) -> None:
+    """ValueError if writing ``outputs`` would replace the input file (an explicit --output
+    equal to --input, a link to it, or the default output of an input already named
+    NAME.predictions.csv)."""
+    source = Path(input_path)
+    for output in outputs:
+        same = (os.path.samefile(source, output) if source.exists() and output.exists()
+                else source.resolve() == output.resolve())
+        if same:
+            raise ValueError(f"output {output} is the input file {input_path}: predicting would "
+                             "overwrite it; pass another --output")
 
 
 def default_output(input_path: PathLike) -> Path:
@@ -255,6 +272,9 @@ def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_p
         raise ValueError(f"output {output} is a folder; name a file ending in .csv or .npy")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    written = [output] + ([probabilities_path(output)] if predictor.task == "classification"
+                          and output.suffix.lower() == ".npy" else [])
+    check_not_input(input_path, written)
     windows, rows = read_windows(predictor, input_path, stride=stride, any_length=any_length)
     try:
         prediction = predictor.predict(windows, batch_size=batch_size, any_length=any_length)

@@ -1,0 +1,96 @@
+"""predict and export refuse to destroy files (a new user's report): an --output that is the
+--input, an export --out of another kind than the format (a CSV replaced by an ONNX file), and
+ONNX-only flags given with --format torchscript. One line, exit code 2, nothing written.
+
+The run is tiny (CfC, 8 units, one epoch on the generated sine data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from torchliquid import cli
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, *names: str) -> None:
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+@pytest.fixture(scope="module")
+def sine_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "cfc-sine"
+    assert cli.main(["train", "--model", "cfc", "--dataset", "sine", "--units", "8", "--epochs", "1",
+                     "--device", "cpu", "--out", str(out), "--quiet", "--monitor-interval", "0",
+                     "--threads", "1"]) == 0
+    return out
+
+
+def _sine_csv(path: Path) -> Path:
+    t = np.linspace(0, 3 * np.pi, 48)
+    path.write_text("t\n" + "\n".join(repr(float(v)) for v in t) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "npy", "npy-other-spelling", "default-output"])
+def test_predict_refuses_to_overwrite_its_input(capsys, sine_run, tmp_path, kind):
+    if kind == "csv":
+        source = _sine_csv(tmp_path / "t.csv")
+        output = ["--output", str(source)]
+    elif kind == "default-output":  # the default output of NAME.predictions.csv is that file
+        source = _sine_csv(tmp_path / "t.predictions.csv")
+        output = []
+    else:
+        source = tmp_path / "w.npy"
+        t = np.linspace(0, 3 * np.pi, 48)
+        np.save(source, np.stack([np.sin(t), np.cos(t)], -1)[None].astype("float32"))
+        (tmp_path / "sub").mkdir()
+        spelled = tmp_path / "sub" / ".." / "w.npy" if kind == "npy-other-spelling" else source
+        output = ["--output", str(spelled)]
+    before = source.read_bytes()
+    code, _, err = run_cli(capsys, "predict", "--run", str(sine_run), "--input", str(source), *output)
+    one_line_error(code, err, "is the input file", "overwrite", "--output")
+    assert source.read_bytes() == before
+
+
+def test_predict_to_another_file_still_works(capsys, sine_run, tmp_path):
+    source = _sine_csv(tmp_path / "t.csv")
+    code, out, err = run_cli(capsys, "predict", "--run", str(sine_run), "--input", str(source),
+                             "--output", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    assert (tmp_path / "p.csv").is_file()
+
+
+@pytest.mark.parametrize("fmt, name, wanted", [("onnx", "some.csv", ".onnx"),
+                                               ("onnx", "model.pt", ".onnx"),
+                                               ("torchscript", "model.onnx", ".pt"),
+                                               ("torchscript", "noext", ".pt")])
+def test_export_refuses_an_out_of_another_kind(capsys, sine_run, tmp_path, fmt, name, wanted):
+    target = tmp_path / name
+    if name == "some.csv":
+        target.write_text("a,b\n1,2\n")
+    code, _, err = run_cli(capsys, "export", "--run", str(sine_run), "--format", fmt,
+                           "--out", str(target), "--quiet")
+    one_line_error(code, err, f"--out {target}", wanted)
+    assert (target.read_text() == "a,b\n1,2\n") if name == "some.csv" else not target.exists()
+
+
+@pytest.mark.parametrize("flags, named", [(["--exporter", "dynamo"], "--exporter"),
+                                          (["--exporter", "torchscript"], "--exporter"),
+                                          (["--no-verify"], "--no-verify")])
+def test_export_refuses_onnx_only_flags_with_torchscript(capsys, sine_run, tmp_path, flags, named):
+    code, _, err = run_cli(capsys, "export", "--run", str(sine_run), "--format", "torchscript",
+                           "--out", str(tmp_path / "m.pt"), *flags)
+    one_line_error(code, err, named, "--format onnx")
+    assert not (tmp_path / "m.pt").exists()
