@@ -30,7 +30,7 @@ helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 SHARED_HAR = helpers.shared_har_dir()
 needs_labels = pytest.mark.skipif(not (SHARED_HAR / "train" / "y_train.txt").is_file(),
-                                  reason=f"shared real HAR labels not found at {SHARED_HAR} (CI provides them)")
+                                  reason=helpers.missing_shared(SHARED_HAR / "train" / "y_train.txt"))
 pytestmark = needs_labels
 
 

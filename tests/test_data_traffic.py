@@ -30,7 +30,7 @@ _spec = importlib.util.spec_from_file_location("make_har_dir", Path(__file__).pa
 helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(helpers)
 REAL = helpers.shared_data_dir() / "traffic" / f"{FILE}.gz"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"shared real data not found at {REAL} (CI provides it)")
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason=helpers.missing_shared(REAL))
 
 
 @pytest.fixture(autouse=True)

@@ -29,17 +29,28 @@ FIELD = 16  # characters per value in the UCI X files
 _COPIED = ("activity_labels.txt", "features.txt", "README.txt", "features_info.txt")
 
 
+SHARED_DATA_ENV = "TORCHLIQUID_SHARED_DATA"
+# The development machine's copy, found even from a clone elsewhere (e.g. /tmp/clone).
+MACHINE_SHARED_DATA = Path("/work/shared/data")
+
+
 def shared_data_dir() -> Path:
     """The project's shared real-data folder: ``$TORCHLIQUID_SHARED_DATA``, else ``shared/data``
-    inside or beside the repository (``/work/shared/data`` on the development machine)."""
-    env = os.environ.get("TORCHLIQUID_SHARED_DATA")
+    inside or beside the repository, else ``/work/shared/data`` (the development machine)."""
+    env = os.environ.get(SHARED_DATA_ENV)
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo / "shared" / "data", repo.parent / "shared" / "data"):
+    for candidate in (repo / "shared" / "data", repo.parent / "shared" / "data", MACHINE_SHARED_DATA):
         if candidate.is_dir():
             return candidate
     return repo / "shared" / "data"
+
+
+def missing_shared(path: Path) -> str:
+    """Skip reason of a test whose shared real-data file ``path`` is absent: says how to point at it."""
+    return (f"shared real data not found at {path} (CI provides it; set {SHARED_DATA_ENV} to the folder "
+            "holding traffic/, power/ and har/)")
 
 
 def shared_har_dir() -> Path:
