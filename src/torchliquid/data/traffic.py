@@ -79,7 +79,7 @@ class TrafficDataset(Dataset):
         found = search.find([FILE_NAME], data_dir)
         if found:
             return found[FILE_NAME]
-        fetched = search.try_download(download, URL, lambda: self.download(progress))
+        fetched = search.try_download(download, URL, lambda: self.download(progress), data_dir)
         if fetched is not None:
             return fetched
         raise search.error(
