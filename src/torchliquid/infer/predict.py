@@ -1,7 +1,7 @@
 """Predictions from a trained run: raw feature windows in, answers in the data's own units out.
 
-    import torchliquid
-    predictor = torchliquid.load("runs/cfc-traffic")        # model (eval mode) + saved preprocessing
+    import torchliquid.infer
+    predictor = torchliquid.infer.load("runs/cfc-traffic")  # model (eval mode) + saved preprocessing
     result = predictor.predict(windows)                     # (N, T, I) or (T, I), un-normalised
     result.values                                           # regression: (N, T, O) in target units
     result.classes, result.probabilities                    # classification: (N, T), (N, T, C)
