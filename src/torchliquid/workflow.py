@@ -14,6 +14,7 @@ reads an existing checkpoint and sends it to the others, so nodes need no shared
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -27,19 +28,14 @@ from torchliquid import runtime
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
 from torchliquid.data import get_dataset, load_dataset
 from torchliquid.nn import build_model, constrain_after_step, count_parameters
-from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT, Trainer,
-                               TrainData, evaluate_checkpoint, load_first_good,
-                               load_run, recorded_result, write_json)
+from torchliquid.rundir import PREDICTIONS_SINE, check_out_dir, check_resumable, existing_run
+from torchliquid.train import (Trainer, TrainData, evaluate_checkpoint, load_run,
+                               recorded_result, write_json)
 from torchliquid.train.graphs import WARMUP_STEPS
 from torchliquid.train.graphs import check_supported as check_cuda_graphs
 from torchliquid.train.forward import model_output
 from torchliquid.train.optim import adam
 
-# TrainConfig fields a resumed run may change; every other field must match the checkpoint.
-RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "checkpoint_every",
-                     "finite_check_every", "checkpoint_steps", "monitor_interval", "backend",
-                     "deterministic", "cuda_graphs"}
-PREDICTIONS_SINE = "predictions_sine.npz"
 
 
 def say(message: str, quiet: bool = False) -> None:
@@ -84,9 +80,11 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
             device, monitor and checkpoint settings may differ from the recorded run).
             Resuming is also automatic when torchrun restarted the job
             (``TORCHELASTIC_RESTART_COUNT`` > 0) or when ``run.out_dir`` holds a checkpoint of
-            the same configuration; a different run there is an error unless ``overwrite``.
+            the same configuration; a different run there is an error unless ``overwrite``, and
+            so is ``run.train.epochs`` below the epochs the checkpoint has done.
         overwrite: replace a run already in ``run.out_dir``, so a finished run is never lost by
-            accident.
+            accident (excludes ``resume``; after a torchrun restart it resumes what the first
+            attempt checkpointed instead of deleting it again).
         splits: already loaded splits for ``run.data`` (the demo loads each dataset once).
         command: the command line, recorded in config.json.
         profile: ``"cprofile"`` or ``"torch"``: instead of training, run ``profile_warmup`` then
@@ -96,6 +94,9 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     Returns the dict written to ``result.json`` (with ``profile``: the profiler's summary).
     """
     cfg, quiet = run.train, run.train.quiet
+    check_out_dir(run.out_dir)  # before anything is printed, loaded or written
+    if resume and overwrite:  # one keeps the run, the other deletes it
+        raise ValueError("resume and overwrite exclude each other (--resume, --overwrite)")
     if cfg.deterministic:
         runtime.set_deterministic(True)
     threads = runtime.set_threads(cfg.threads)
@@ -121,7 +122,7 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     say(f"batch {cfg.batch_size} per process x {world} = global batch {cfg.batch_size * world}; "
         f"lr {cfg.lr:g}" + (f" x {world} = {cfg.scaled_lr(world):g} (--lr-scaling linear)"
                             if cfg.lr_scaling == "linear" and world > 1 else ""), quiet)
-    found = None if profile else _existing_run(run, resume, overwrite)
+    found = None if profile else existing_run(run, resume, overwrite)
     # Every rank loads the data (it is small and each needs it on its device); rank 0 reports.
     splits = splits if splits is not None else load_splits(
         run.data, quiet or not runtime.is_main_process())
@@ -143,7 +144,7 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
                       optimizer=optimizer, out_dir=run.out_dir, run_info=run_info)
     if found is not None:
         payload, recorded, path = found
-        _check_resumable(run, run_info, recorded)
+        check_resumable(run, run_info, recorded)
         trainer.load_state_dict(payload["trainer"])
         at = trainer.position
         say(f"resuming {run.out_dir} from {path.name}: epoch {trainer.epoch} done"
@@ -158,76 +159,6 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
                    before=before, after=after, t=get_dataset("sine").times().astype(np.float32))
     say(f"run files in {run.out_dir}/", quiet)
     return result
-
-
-def _existing_run(run: RunConfig, resume: bool, overwrite: bool) -> tuple | None:
-    """``(payload, run_info, path)`` of the checkpoint to resume from, or None to start afresh.
-
-    Rank 0 looks at the run directory and sends what it found to every rank, errors included,
-    so all processes resume, start or fail together.
-    """
-    found: Any = None
-    if runtime.is_main_process():
-        try:
-            found = ("ok", _read_existing(run, resume, overwrite))
-        except (ValueError, OSError) as e:
-            found = ("error", e)
-    status, value = runtime.broadcast_object(found)
-    if status == "error":
-        raise value
-    return value
-
-
-def _read_existing(run: RunConfig, resume: bool, overwrite: bool) -> tuple | None:
-    out = Path(run.out_dir)
-    paths = [out / CHECKPOINT, out / PREVIOUS_CHECKPOINT]
-    if overwrite:
-        for stale in [*paths, out / RESULT, out / METRICS, out / PREDICTIONS_SINE,
-                      *out.glob("samples*.csv")]:
-            stale.unlink(missing_ok=True)  # a new run must not fall back on the old one's files
-        return None
-    restarted = runtime.restart_count() > 0
-    if not any(p.exists() for p in paths):
-        if resume:
-            raise ValueError(f"--resume: {run.out_dir} holds no checkpoint ({paths[0]}); "
-                             "train without --resume to start the run")
-        return None  # also after a restart that crashed before the first checkpoint
-    payload, path = load_first_good(paths)
-    try:
-        recorded = json.loads(payload["run_info"])
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise ValueError(f"checkpoint {path} lacks a readable run_info; it was not written by "
-                         "torchliquid's Trainer; choose another --out") from None
-    if not (resume or restarted) and _differences(run, recorded):
-        raise ValueError(f"{run.out_dir} already holds a run ({path}) of another configuration "
-                         f"({', '.join(_differences(run, recorded))} differ); pass --resume to "
-                         "continue it, --overwrite to replace it, or choose another --out")
-    return payload, recorded, path
-
-
-def _differences(run: RunConfig, old: Mapping[str, Any]) -> list[str]:
-    """What of ``run`` differs from the recorded run ``old`` beyond RESUMABLE_CHANGES."""
-    old_run = RunConfig.from_dict(old["run"])
-    differ = [f"model.{k}" for k in ("name", "units", "wiring", "kwargs")
-              if getattr(old_run.model, k) != getattr(run.model, k)]
-    differ += [f"data.{k}" for k in ("name", "seed", "max_windows")
-               if getattr(old_run.data, k) != getattr(run.data, k)]
-    differ += [f"train.{k}" for k, v in vars(run.train).items()
-               if k not in RESUMABLE_CHANGES and getattr(old_run.train, k) != v]
-    if old.get("world_size", 1) != runtime.world_size():
-        differ.append(f"the number of processes (checkpoint: {old.get('world_size', 1)}, now: "
-                      f"{runtime.world_size()})")
-    return differ
-
-
-def _check_resumable(run: RunConfig, new: Mapping[str, Any], old: Mapping[str, Any]) -> None:
-    differ = _differences(run, old)
-    if json.loads(json.dumps(new["normalization"])) != old.get("normalization"):
-        differ.append("normalization statistics (the data files changed)")
-    if differ:
-        raise ValueError(f"cannot resume {run.out_dir}: {', '.join(differ)} differ from the "
-                         "checkpoint; repeat the original arguments (only --epochs and logging/"
-                         "device options may change) or choose a new --out")
 
 
 @torch.no_grad()
@@ -271,9 +202,12 @@ def _profile(trainer: Trainer, run: RunConfig, kind: str, steps: int, warmup: in
     return {"profile": info}
 
 
-def evaluate_run(run_dir: str | Path, device: str | None = None,
-                 quiet: bool = False) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, device: str | None = None, quiet: bool = False,
+                 data_dir: str | None = None) -> dict[str, Any]:
     """Rebuild the model and the data of ``run_dir``, evaluate the checkpoint on the test split.
+
+    ``data_dir`` replaces the data folder the run recorded (the run may have moved machines);
+    the normalisation statistics must still match, so it must hold the same files.
 
     Returns ``{"metrics": ..., "recorded": result.json's post_training, "equal": bool,
     "max_relative_difference", "device", "threads", "trained_device", "trained_threads"}``.
@@ -285,7 +219,8 @@ def evaluate_run(run_dir: str | Path, device: str | None = None,
     recorded = result["post_training"]
     run = RunConfig.from_dict(info["run"])
     runtime.set_threads(run.train.threads)
-    splits = load_splits(run.data, quiet)
+    data = run.data if data_dir is None else dataclasses.replace(run.data, data_dir=data_dir)
+    splits = load_splits(data, quiet)
     if json.loads(json.dumps(splits.normalization)) != info.get("normalization"):
         raise ValueError(f"the {run.data.name} data found now gives different normalisation "
                          f"statistics than {run_dir} recorded: the data files changed; point "

@@ -23,7 +23,7 @@ from torchliquid.config import TrainConfig
 from torchliquid.train.batches import Split, eval_slices
 from torchliquid.train.checkpoint import CheckpointError, load_checkpoint
 from torchliquid.train.forward import autocast, model_output
-from torchliquid.train.records import CHECKPOINT, RESULT
+from torchliquid.train.records import CHECKPOINT, PREVIOUS_CHECKPOINT, RESULT
 from torchliquid.train.tasks import Task, get_task
 
 
@@ -57,15 +57,26 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except CheckpointError as e:
         # The previous checkpoint holds older weights, so it cannot stand in for evaluation;
         # `train --resume` rebuilds the final one from it.
-        previous = path.with_name("checkpoint.prev.pt")
-        hint = (f"; {previous.name} is intact: `torchliquid train ... --out {run} --resume` "
-                "retrains from it" if previous.exists() else "; retrain, or restore it from a copy")
+        hint = _previous_hint(path.with_name(PREVIOUS_CHECKPOINT), run)
         raise CheckpointError(f"{e}{hint}") from None
     try:
         return payload, json.loads(payload["run_info"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise CheckpointError(f"checkpoint {path} lacks a readable run_info; it was not written "
                               "by torchliquid's Trainer") from None
+
+
+def _previous_hint(previous: Path, run: Path) -> str:
+    """What to do about a damaged checkpoint.pt: resume from the previous one only if it loads
+    and its checksum matches (it may be damaged too, e.g. by the same full disk)."""
+    if not previous.exists():
+        return "; retrain, or restore it from a copy"
+    try:
+        load_checkpoint(previous)
+    except CheckpointError as e:
+        return f"; {previous.name} is damaged too ({e}); retrain, or restore them from a copy"
+    return (f"; {previous.name} is intact (checksum verified): `torchliquid train ... --out {run} "
+            "--resume` retrains from it")
 
 
 def recorded_result(run_dir: str | Path) -> dict[str, Any]:

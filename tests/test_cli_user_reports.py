@@ -1,0 +1,208 @@
+"""train and evaluate, from a new user's report: commands that lost data, silently did something
+else, or answered with a traceback. Each now refuses with one line and exit code 2 (a --threads
+beyond the cores: one warning line), or says what it did and how to continue.
+
+Runs are tiny (CfC, 8 units, the generated sine data; traffic from the committed 160-row fixture).
+predict/export refusals: test_infer_cli_refusals.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from torchliquid import cli
+from torchliquid.train import load_checkpoint
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code: int, err: str, *names: str) -> None:
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+def sine(out, *extra: str, epochs: int = 1) -> list[str]:
+    return ["train", "--model", "cfc", "--dataset", "sine", "--units", "8", "--epochs", str(epochs),
+            "--device", "cpu", "--out", str(out), "--quiet", "--monitor-interval", "0",
+            "--threads", "1", *extra]  # one thread, as conftest sets for the rest of the session
+
+
+# -- 3., 5., 7. train's --out, --epochs and --resume/--overwrite ----------------------------------
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["file", "below-a-file"])
+def test_train_out_that_is_a_file_is_one_line(capsys, tmp_path, inside):
+    existing = tmp_path / "x.csv"
+    existing.write_text("keep me\n")
+    out = existing / "run" if inside else existing
+    code, _, err = run_cli(capsys, *sine(out))
+    one_line_error(code, err, f"--out {out}", "is a file")
+    assert existing.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "automatic"])
+def test_fewer_epochs_than_done_is_refused_and_changes_nothing(capsys, tmp_path, resume):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out, epochs=3))[0] == 0
+    files = {name: (out / name).read_bytes() for name in ("config.json", "result.json", "metrics.csv")}
+    code, _, err = run_cli(capsys, *sine(out, *(["--resume"] if resume else []), epochs=2))
+    one_line_error(code, err, "already has 3 epochs done", "--epochs 2", "--epochs 3")
+    assert {name: (out / name).read_bytes() for name in files} == files
+    assert json.loads(files["config.json"])["run"]["train"]["epochs"] == 3
+
+
+def test_resume_and_overwrite_exclude_each_other(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out))[0] == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli(capsys, *sine(out, "--resume", "--overwrite"))
+    one_line_error(code, err, "--resume", "--overwrite")
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_overwrite_after_a_torchrun_restart_resumes_instead_of_deleting(capsys, tmp_path, monkeypatch):
+    from torchliquid import runtime
+    from torchliquid.train import Trainer
+
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out, "--overwrite", epochs=1))[0] == 0  # the first attempt
+    trained, train_epoch = [], Trainer.train_epoch
+
+    def recording(self, epoch):
+        trained.append(epoch)
+        return train_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", recording)
+    monkeypatch.setattr(runtime, "restart_count", lambda: 1)
+    code, _, err = run_cli(capsys, *sine(out, "--overwrite", epochs=2))
+    assert code == 0, err
+    assert trained == [2]  # epoch 1 came from the first attempt's checkpoint, not retrained
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
+
+
+# -- 4., 8. --data-dir ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["power", "traffic"])
+def test_train_with_a_missing_data_dir_fails_for_every_dataset(capsys, tmp_path, monkeypatch, dataset):
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nonexist"
+    code, _, err = run_cli(capsys, "train", "--model", "cfc", "--dataset", dataset, "--no-download",
+                           "--data-dir", str(missing), "--epochs", "1")
+    one_line_error(code, err, f"--data-dir {missing} does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_takes_data_dir_and_uses_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHLIQUID_DATA", str(tmp_path / "empty-cache"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(FIXTURES / "traffic", first / "traffic")
+    shutil.copytree(FIXTURES / "traffic", second / "traffic")
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--model", "cfc", "--dataset", "traffic", "--units", "8",
+                           "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--no-download",
+                           "--data-dir", str(first), "--out", str(run), "--quiet", "--monitor-interval", "0",
+                           "--threads", "1")
+    assert code == 0, err
+    shutil.rmtree(first)  # the folder the run recorded is gone (another machine, a move)
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run), "--quiet")
+    assert code == 2 and "raw data not found" in err and "--data-dir" in err
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run), "--data-dir", str(second), "--quiet")
+    assert (code, err) == (0, "")
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run), "--data-dir", str(first))
+    one_line_error(code, err, f"--data-dir {first} does not exist")
+
+
+# -- 6. evaluate claims a previous checkpoint is intact only after verifying it ------------------
+
+
+@pytest.mark.parametrize("previous", ["truncated", "intact"])
+def test_evaluate_verifies_the_previous_checkpoint_before_calling_it_intact(capsys, tmp_path, previous):
+    run = tmp_path / "run"
+    assert run_cli(capsys, *sine(run, epochs=2))[0] == 0
+    assert (run / "checkpoint.prev.pt").is_file()
+    (run / "checkpoint.pt").write_bytes(b"")
+    if previous == "truncated":
+        with open(run / "checkpoint.prev.pt", "r+b") as handle:
+            handle.truncate(100)
+    code, _, err = run_cli(capsys, "evaluate", "--run", str(run))
+    one_line_error(code, err, "checkpoint.pt")
+    if previous == "truncated":
+        assert "is intact" not in err and "checkpoint.prev.pt is damaged too" in err
+    else:
+        assert "checkpoint.prev.pt is intact (checksum verified)" in err and "--resume" in err
+
+
+# -- 9. --threads beyond the cores ----------------------------------------------------------------
+
+
+def test_threads_beyond_the_cores_warn_in_one_line(capsys, tmp_path, monkeypatch):
+    from torchliquid import runtime, workflow
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+    monkeypatch.setattr(workflow, "train_run", lambda *args, **kwargs: {})  # only the argument check
+    code, _, err = run_cli(capsys, *sine(tmp_path / "run", "--threads", "1000"))
+    assert code == 0 and err == ("torchliquid train: warning: --threads 1000 exceeds the 2 CPU cores "
+                                 "available; extra threads only wait on each other\n")
+    code, _, err = run_cli(capsys, *sine(tmp_path / "run", "--threads", "2"))
+    assert (code, err) == (0, "")
+
+
+# -- 10. interrupting train says how to continue ---------------------------------------------------
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_interrupted_train_says_how_to_resume(capsys, tmp_path, monkeypatch, checkpointed):
+    from torchliquid import workflow
+
+    out = tmp_path / "run"
+    if checkpointed:
+        assert run_cli(capsys, *sine(out))[0] == 0
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "train_run", interrupted)
+    code, _, err = run_cli(capsys, *sine(out, epochs=3))
+    hint = ("resume with the same command plus --resume" if checkpointed else
+            "nothing was checkpointed yet; rerun the same command to start again")
+    assert (code, err) == (130, f"torchliquid train: interrupted; {hint}\n")
+
+
+def test_sigterm_stops_train_like_ctrl_c_and_leaves_a_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = sine(out, "--threads", "1", epochs=10**6)
+    proc = subprocess.Popen([sys.executable, "-m", "torchliquid", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("torchliquid train: interrupted; resume with the same "
+                                            "command plus --resume")
+    assert load_checkpoint(out / "checkpoint.pt")["trainer"]["epoch"] >= 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
