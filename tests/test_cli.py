@@ -11,14 +11,9 @@ import sys
 import pytest
 import torch
 
-from torchliquid import cli, workflow
+from torchliquid import workflow
 from torchliquid.config import RunConfig, study_run
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from _cli import run_cli  # noqa: E402
 
 
 def sine(out, *extra: str, model: str = "cfc") -> list[str]:

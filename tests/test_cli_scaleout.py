@@ -16,18 +16,13 @@ import pytest
 import torch
 
 from torchliquid import cli
+from _cli import run_cli  # noqa: E402
 
 
 def sine(out, *extra: str, epochs: int = 2, quiet: bool = True) -> list[str]:
     return ["train", "--model", "cfc", "--dataset", "sine", "--epochs", str(epochs), "--units",
             "8", "--batch-size", "1", "--device", "cpu", "--threads", "1", "--out", str(out),
             *(["--quiet"] if quiet else []), *extra]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cpu_run_records_host_metrics_and_says_why_no_gpu(capsys, tmp_path):

@@ -18,23 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from torchliquid import cli
 from torchliquid.train import load_checkpoint
+from _cli import run_cli, one_line_error  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *names: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in err, (name, err)
 
 
 def sine(out, *extra: str, epochs: int = 1) -> list[str]:

@@ -13,19 +13,7 @@ import numpy as np
 import pytest
 
 from torchliquid import cli
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *names: str) -> None:
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    for name in names:
-        assert name in err, (name, err)
+from _cli import run_cli, one_line_error  # noqa: E402
 
 
 @pytest.fixture(scope="module")
