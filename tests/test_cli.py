@@ -144,6 +144,10 @@ def test_demo_prints_a_side_by_side_table(capsys, tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "summary.json").read_text())
     for row, line in zip(summary, lines[2:]):
         assert line.split()[3:5] == [f"{row['before']:.4f}", f"{row['after']:.4f}"]
+        # the last two columns: all parameters, then those the wiring keeps (A18; LTC is AutoNCP)
+        params, effective = (int(v.replace(",", "")) for v in line.split()[-2:])
+        assert (params, effective) == (row["params"], row["effective_params"])
+        assert (effective < params) == (row["model"] == "ltc")
         assert row["before"] == json.loads(
             (tmp_path / f"{row['model']}-sine" / "result.json").read_text())["pre_training"]["mae"]
 

@@ -271,16 +271,19 @@ def summary_row(result: Mapping[str, Any]) -> dict[str, Any]:
             "test_loss_before": result["pre_training"]["loss"],
             "test_loss_after": result["post_training"]["loss"], "epochs": result["epochs"],
             "train_seconds": result["train_seconds"],
-            "sequences_per_second": result["sequences_per_second"], "params": result["params"]}
+            "sequences_per_second": result["sequences_per_second"], "params": result["params"],
+            "effective_params": result.get("effective_params") or result["params"]}
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Side-by-side table: model, dataset, metric before/after, loss, time, throughput."""
+    """Side-by-side table: model, dataset, metric before/after, loss, time, throughput, and
+    parameters (all trainable entries; effective: those the wiring does not mask out)."""
     header = ["model", "dataset", "metric", "before", "after", "loss before", "loss after",
-              "epochs", "train s", "seq/s", "params"]
+              "epochs", "train s", "seq/s", "params", "effective"]
     body = [[r["model"], r["dataset"], r["metric"], f"{r['before']:.4f}", f"{r['after']:.4f}",
              f"{r['test_loss_before']:.4f}", f"{r['test_loss_after']:.4f}", str(r["epochs"]),
-             f"{r['train_seconds']:.1f}", f"{r['sequences_per_second']:,.0f}", f"{r['params']:,}"]
+             f"{r['train_seconds']:.1f}", f"{r['sequences_per_second']:,.0f}", f"{r['params']:,}",
+             f"{r['effective_params']:,}"]
             for r in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     fmt = lambda line: "  ".join(c.ljust(w) if i < 3 else c.rjust(w)  # noqa: E731
