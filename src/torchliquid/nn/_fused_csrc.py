@@ -350,6 +350,7 @@ HEADER = r"""
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <omp.h>
 
 /* Threads for `tiles` independent tiles: never more threads than tiles, so a one-tile call (an

@@ -144,11 +144,29 @@ static void acc_rows_SFX(int64_t R, int64_t N, const REAL* G, int64_t ldg, REAL*
 }
 
 /* One thread's weight-gradient accumulators, laid out as the parameters: dW_l (out_l, in_l) then
-   db_l (out_l), l = 0..nb; in_0 = I + U, in_l = out_{l-1}. */
-static int64_t seq_grads_size_SFX(int64_t U, int64_t I, int64_t nb, const int64_t* widths) {
+   db_l (out_l), l = 0..nb; in_0 = I + U (with_x) or U (a wide input's dW_x is the caller's BLAS
+   GEMM: no accumulator columns for it, so none to zero and reduce), in_l = out_{l-1}. */
+static int64_t seq_acc_in_SFX(int64_t l, int64_t U, int64_t I, int with_x, const int64_t* widths) {
+    return l == 0 ? (with_x ? I + U : U) : widths[l - 1];
+}
+
+static int64_t seq_grads_size_SFX(int64_t U, int64_t I, int with_x, int64_t nb, const int64_t* widths) {
     int64_t n = 0;
-    for (int64_t l = 0; l <= nb; l++) n += widths[l] * ((l == 0 ? I + U : widths[l - 1]) + 1);
+    for (int64_t l = 0; l <= nb; l++) n += widths[l] * (seq_acc_in_SFX(l, U, I, with_x, widths) + 1);
     return n;
+}
+
+/* This thread's scratch, kept between calls (grown, never shrunk): a fresh calloc per call cost
+   a pass over memory the OS hands back zeroed, per thread, every training step. */
+static REAL* seq_scratch_SFX(int64_t n) {
+    static __thread REAL* buffer = NULL;
+    static __thread int64_t capacity = 0;
+    if (n > capacity) {
+        free(buffer);
+        buffer = (REAL*)malloc(sizeof(REAL) * n);
+        capacity = buffer ? n : 0;
+    }
+    return buffer;
 }
 
 /* Backward over T steps (reversed) for rows [lo, hi). dL/dh of step t, row b, is g_out + t * g_t
@@ -167,11 +185,12 @@ static void seq_bwd_rows_SFX(const seq_weights_SFX* S, int64_t lo, int64_t hi, i
                              const REAL* h0, const REAL* h_out, REAL* g_pre0, REAL* g_carry,
                              REAL* gA, REAL* gw, REAL* grads, REAL* work, int64_t hmax) {
     const int64_t O0 = widths[0], X = widths[nb], R = hi - lo, ld0 = I + U;
+    const int64_t acc_ld0 = x ? ld0 : U, h_col = x ? I : 0;  /* layer 0's accumulator layout */
     REAL *gh = work, *gy = gh + R * X, *gp = gy + R * hmax, *pack = gp + R * hmax;
     int64_t offsets[SEQ_LAYERS_MAX + 1];  /* where layer l's dW, db start in grads */
     for (int64_t l = 0, off = 0; l <= nb; l++) {
         offsets[l] = off;
-        off += widths[l] * ((l == 0 ? ld0 : widths[l - 1]) + 1);
+        off += widths[l] * (seq_acc_in_SFX(l, U, I, x != NULL, widths) + 1);
     }
     g_carry += lo * U;
     g_out += lo * g_b;
@@ -184,7 +203,7 @@ static void seq_bwd_rows_SFX(const seq_weights_SFX* S, int64_t lo, int64_t hi, i
         /* walk the layers down: g_l is dL/d(pre-activation of layer l) for these rows */
         const REAL* g_l = gh;
         for (int64_t l = nb; l >= 0; l--) {
-            const int64_t out = widths[l], in = l == 0 ? ld0 : widths[l - 1];
+            const int64_t out = widths[l], in = seq_acc_in_SFX(l, U, I, x != NULL, widths);
             REAL* dWl = grads + offsets[l];
             REAL* dbl = dWl + out * in;
             if (l < nb) { /* g_l = act'(.) * (g_{l+1} W_{l+1}), the latter already in gy */
@@ -202,8 +221,8 @@ static void seq_bwd_rows_SFX(const seq_weights_SFX* S, int64_t lo, int64_t hi, i
                 gemm_packed_SFX(R, g_l, out, 1, l == nb ? &S->head : &S->layer[l], 0, gy, in);
             } else {
                 const REAL* h_prev = t == 0 ? h0 + lo * U : AT(h_out, t - 1, U);
-                if (x) acc_gt_in_SFX(R, out, I, g_l, out, x + lo * x_ld + t * I, x_ld, pack, dWl, ld0);
-                acc_gt_in_SFX(R, out, U, g_l, out, h_prev, U, pack, dWl + I, ld0);
+                if (x) acc_gt_in_SFX(R, out, I, g_l, out, x + lo * x_ld + t * I, x_ld, pack, dWl, acc_ld0);
+                acc_gt_in_SFX(R, out, U, g_l, out, h_prev, U, pack, dWl + h_col, acc_ld0);
                 gemm_packed_SFX(R, g_l, out, 1, &S->h, 0, g_carry, U);
             }
         }
@@ -226,12 +245,13 @@ void cfc_seq_bwd_SFX(int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
         if (widths[l] > hmax) hmax = widths[l];
         if (widths[l] > inmax) inmax = widths[l];
     }
-    const int64_t n_grads = seq_grads_size_SFX(U, I, nb, widths);
+    const int64_t n_grads = seq_grads_size_SFX(U, I, x != NULL, nb, widths);
     const int64_t n_work = tile * (widths[nb] + 2 * hmax) + packed_size_SFX(tile, inmax);
 #pragma omp parallel num_threads(team)
     {
-        REAL* grads = (REAL*)calloc(n_grads, sizeof(REAL));
-        REAL* work = (REAL*)malloc(sizeof(REAL) * n_work);
+        REAL* grads = seq_scratch_SFX(n_grads + n_work);
+        REAL* work = grads + n_grads;
+        memset(grads, 0, sizeof(REAL) * n_grads);
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < tiles; i++) {
             int64_t lo = i * tile, hi = lo + tile < B ? lo + tile : B;
@@ -244,15 +264,17 @@ void cfc_seq_bwd_SFX(int64_t T, int64_t B, int64_t U, int64_t I, int64_t nb,
         {
             const REAL* src = grads;
             for (int64_t l = 0; l <= nb; l++) {
-                const int64_t n = widths[l] * (l == 0 ? I + U : widths[l - 1]);
-                for (int64_t k = 0; k < n; k++) gW[2 * l][k] += src[k];
-                src += n;
+                const int64_t in = seq_acc_in_SFX(l, U, I, x != NULL, widths);
+                const int64_t ld = l == 0 ? I + U : in, col = l == 0 && !x ? I : 0;
+                for (int64_t o = 0; o < widths[l]; o++, src += in) {
+                    REAL* dst = gW[2 * l] + o * ld + col;
+#pragma omp simd
+                    for (int64_t k = 0; k < in; k++) dst[k] += src[k];
+                }
                 for (int64_t k = 0; k < widths[l]; k++) gW[2 * l + 1][k] += src[k];
                 src += widths[l];
             }
         }
-        free(grads);
-        free(work);
     }
     free(S.buf);
     free(S.layer);
