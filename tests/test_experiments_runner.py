@@ -48,6 +48,9 @@ def test_runs_every_cell_and_records_result_and_metrics(tmp_path: Path) -> None:
     assert rec["cell"] == m.cells[0].to_dict()
     assert "gpu_count" in rec["environment"] and "torch" in rec["environment"]
     assert (tmp_path / "matrix.toml").exists() and json.loads((tmp_path / "plan.json").read_text())["cells"]
+    # the summary printed after the run says the "to run" count was the plan, then what ran
+    totals, this_run = run.summary().splitlines()[-2:]
+    assert "planned at the start: 2 to run" in totals and this_run == "this run: 2 done"
 
 
 def test_failed_cell_is_recorded_and_the_matrix_continues(tmp_path: Path) -> None:

@@ -207,7 +207,9 @@ class MatrixRun:
             layout = f"{p.cell.nproc} x {cell_threads(p.cell)}"
             lines.append(f"{i:>3}  {p.cell.cell_id:<44} {status:<8} {est:>9}  {layout:<15}  {note}")
         todo = [p for p in self.plan if p.action in ("run", "rerun")]
-        lines.append(f"{len(self.plan)} cells: {len(todo)} to run (~{_hms(sum(p.estimate_s for p in todo))}), "
+        # After a run the plan's "to run" is history: say so, or it reads as work still pending.
+        planned = "planned at the start: " if self.statuses else ""
+        lines.append(f"{len(self.plan)} cells, {planned}{len(todo)} to run (~{_hms(sum(p.estimate_s for p in todo))}), "
                      f"{self.count('done')} already done, {self.count('skip')} skipped on this machine")
         if self.statuses:
             counts = {s: list(self.statuses.values()).count(s) for s in sorted(set(self.statuses.values()))}
