@@ -157,3 +157,12 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                            "--dataset", "sine", "--batch-size", "0"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "batch_size" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, command", [(["train", "--model", "cfc", "--dataset", "sine", "--bogus", "1"], "train"),
+                                           (["evaluate", "--run", "x", "--epochs", "3"], "evaluate")])
+def test_an_unknown_argument_points_to_the_subcommands_help(capsys, argv, command):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"torchliquid {command}: error: unrecognized arguments" in err
+    assert f"(see torchliquid {command} --help)" in err
