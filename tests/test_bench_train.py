@@ -31,3 +31,20 @@ def test_smoke_run_measures_every_contender(tmp_path: Path) -> None:
     ratio = result["ratios"][0]
     assert {"cfc_vs_ncps", "ltc_vs_ncps", "cfc_vs_lstm", "ltc_vs_lstm"} <= set(ratio)
     assert "ratios of training throughput" in done.stdout
+
+
+def test_ab_native_smoke_run_compares_two_builds() -> None:
+    """benchmarks/ab_native.py builds HEAD's C kernels beside the working tree's in one process."""
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: ab_native reads the base revision from git")
+    from torchliquid.nn import _fused_native as native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.failure()}")
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "ab_native.py"), "--smoke", "--base", "HEAD"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "base (HEAD)" in done.stdout and "tree/base" in done.stdout, done.stdout
