@@ -111,7 +111,11 @@ def test_one_window_and_other_lengths(run_dir: Path, splits) -> None:
     (lambda w: w.astype(str), r"windows must hold numbers, got dtype <U"),
     (lambda w: _set(w.astype(object), (1, 2, 3), "x"), r"value at index \(1, 2, 3\) is 'x'"),
     (lambda w: w[:0], r"at least one window"),
-], ids=["features", "length", "nan", "inf", "4-d", "strings", "object", "empty"])
+    (lambda w: _set(w, (1, 3, 5), 7), r"window 1, step 3, feature 'weekday' \(column 5\) is 7; expected an integer "
+                                      r"from 0 to 6 \(0 = Monday\)"),
+    (lambda w: _set(w, (0, 2, 0), 0.5), r"feature 'holiday' \(column 0\) is 0.5; expected an integer from 0 to 1"),
+    (lambda w: _set(w, (0, 1, 4), 130), r"feature 'clouds_all' \(column 4\) is 130; expected a number from 0 to 100"),
+], ids=["features", "length", "nan", "inf", "4-d", "strings", "object", "empty", "weekday", "holiday", "clouds"])
 def test_bad_windows_are_named(run_dir: Path, mutate, match: str) -> None:
     windows = np.zeros((2, SEQ_LEN, FEATURES))
     with pytest.raises(ValueError, match=match):
@@ -405,21 +409,26 @@ def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) ->
     np.testing.assert_allclose(streamed[:SEQ_LEN], expected, rtol=1e-6)  # %.9g printing keeps 9 digits
     assert streamed[SEQ_LEN] == streamed[0]
     with pytest.raises(ValueError, match=r"line 2 \(step 2\), column 3 \(rain_1h\): expected a number, got 'x'"):
-        stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,6\n0,1,x,3,4,5,6\n"), io.StringIO())
+        stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,0.5\n0,1,x,3,4,5,0.5\n"), io.StringIO())
     with pytest.raises(ValueError, match=r"line 1 \(step 1\): expected 7 comma-separated values .*got 3"):
         stream_lines(str(run_dir), io.StringIO("1,2,3\n"), io.StringIO())
 
 
 @pytest.mark.parametrize(("text", "dt_column", "match", "written"), [
     # lines count every input line from 1; steps count value lines from 1, again after a reset
-    ("# header\n\n0,1,2,3,4,5,6\n0,1,2,3,nan,5,6\n", False,
+    ("# header\n\n0,1,2,3,4,5,0.5\n0,1,2,3,nan,5,0.5\n", False,
      r"^line 4 \(step 2\), column 5 \(clouds_all\): got 'nan', expected a finite number; fill or drop", 1),
-    ("0,1,2,3,4,5,6\nreset\n0,1,2,3,4,5,inf\n", False, r"^line 3 \(step 1\), column 7 \(hour_sin\): got 'inf'", 1),
-    ("0,1,2,3,4,5,6,1\n0,1,2,3,4,5,6,-0.5\n", True,
+    ("0,1,2,3,4,5,0.5\nreset\n0,1,2,3,4,5,inf\n", False, r"^line 3 \(step 1\), column 7 \(hour_sin\): got 'inf'", 1),
+    ("0,1,2,3,4,5,0.5,1\n0,1,2,3,4,5,0.5,-0.5\n", True,
      r"^line 2 \(step 2\), column 8 \(dt\): got '-0.5', expected a finite elapsed time >= 0$", 1),
-    ("0,1,2,3,4,5,6\n", True, r"^line 1 \(step 1\): expected 8 comma-separated values \(holiday, .*, hour_sin, dt\)",
+    ("0,1,2,3,4,5,0.5\n", True, r"^line 1 \(step 1\): expected 8 comma-separated values \(holiday, .*, hour_sin, dt\)",
      0),
-], ids=["nan-after-comment", "inf-after-reset", "negative-dt", "missing-dt"])
+    # feature rows built by hand: values the dataset's features cannot take (weekday 9, the hour unencoded)
+    ("0,1,2,3,4,5,0.5\n0,1,2,3,4,9,0.5\n", False,
+     r"^line 2 \(step 2\), column 6 \(weekday\): got '9', expected an integer from 0 to 6 \(0 = Monday\)$", 1),
+    ("0,1,2,3,4,5,13\n", False,
+     r"^line 1 \(step 1\), column 7 \(hour_sin\): got '13', expected a number from 0 to 1 \(sin\(hour", 0),
+], ids=["nan-after-comment", "inf-after-reset", "negative-dt", "missing-dt", "weekday-9", "hour-not-encoded"])
 def test_stream_messages_count_lines_and_steps_from_one(run_dir: Path, text: str, dt_column: bool, match: str,
                                                         written: int) -> None:
     out = io.StringIO()

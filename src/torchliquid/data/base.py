@@ -23,11 +23,14 @@ import abc
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
+
+from .domains import FeatureDomain
 
 TASKS = ("classification", "regression")
 NORMALIZATION_FORMAT = "torchliquid.normalization/1"
@@ -153,6 +156,7 @@ class Dataset(abc.ABC):
     target_names: tuple[str, ...]
     raw_columns: tuple[str, ...] = ()
     raw_input: str = ""
+    feature_domains: Mapping[str, FeatureDomain] = MappingProxyType({})  # checked on hand-made rows
 
     @abc.abstractmethod
     def load(

@@ -7,11 +7,13 @@ that a model can fit a curve, not that it generalises). No files, no normalisati
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from .base import Dataset, DatasetSplits, check_options, identity_stats, make_normalization, make_split
+from .domains import FeatureDomain
 from .frames import numeric, read_table, require_columns
 
 N_POINTS = 48
@@ -25,6 +27,8 @@ class SineDataset(Dataset):
     output_size = 1
     feature_names = ("sin_t", "cos_t")
     target_names = ("sin_2t",)
+    feature_domains = MappingProxyType({name: FeatureDomain(-1, 1, meaning=f"{name[:3]}(t)")
+                                        for name in ("sin_t", "cos_t")})
     raw_columns = ("t",)
     raw_input = ("a CSV with a header line and a column t (the time in radians, e.g. 48 points over [0, 3π] as in "
                  "training); each row becomes sin_t = sin(t), cos_t = cos(t); other columns are ignored")

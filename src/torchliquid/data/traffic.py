@@ -22,11 +22,13 @@ import contextlib
 import gzip
 import zipfile
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from .base import Dataset, DatasetError, DatasetSplits, check_options, windowed_regression
+from .domains import FeatureDomain
 from .frames import numeric, read_table, require_columns, row_label, show, where
 from .sources import Search, cache_root, describe_source, downloaded, install, note, sha256_of, zip_member
 
@@ -49,6 +51,14 @@ class TrafficDataset(Dataset):
     output_size = 1
     feature_names = ("holiday", "temp", "rain_1h", "snow_1h", "clouds_all", "weekday", "hour_sin")
     target_names = ("traffic_volume",)
+    feature_domains = MappingProxyType({
+        "holiday": FeatureDomain(0, 1, integral=True, meaning="1 on a holiday, 0 otherwise"),
+        "rain_1h": FeatureDomain(0, meaning="mm of rain in the hour"),
+        "snow_1h": FeatureDomain(0, meaning="mm of snow in the hour"),
+        "clouds_all": FeatureDomain(0, 100, meaning="cloud cover in %"),
+        "weekday": FeatureDomain(0, 6, integral=True, meaning="0 = Monday"),
+        "hour_sin": FeatureDomain(0, 1, meaning="sin(hour·π/24), hour 0-23"),
+    })
     raw_columns = FEATURE_COLUMNS
     raw_input = ("the UCI CSV (comma-separated, header line) with the columns holiday (a holiday name or the "
                  "string None), temp (Kelvin), rain_1h, snow_1h (mm), clouds_all (%) and date_time "

@@ -155,6 +155,7 @@ def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = Fal
     """
     import numpy as np
 
+    from torchliquid.data.domains import first_violation
     from torchliquid.infer.predict import Predictor
     from torchliquid.infer.stream import Stream
 
@@ -189,6 +190,12 @@ def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = Fal
             is_dt = dt_column and bad == len(names) - 1
             wanted = "a finite elapsed time >= 0" if is_dt else "a finite number; fill or drop missing values first"
             raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): got {fields[bad]!r}, expected {wanted}")
+        outside = first_violation(values[None, None, : predictor.input_size], predictor.feature_names,
+                                  predictor.feature_domains)
+        if outside is not None:
+            bad, domain = outside[2], outside[3]
+            raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): got {fields[bad]!r}, "
+                             f"expected {domain.describe()}")
         raw_TI, _ = predictor.check_windows(values[None, : predictor.input_size], any_length=True)
         dt = float(values[-1]) if dt_column else None
         y = stream.step(predictor.normalize(raw_TI[0, 0]), dt)  # (I,) -> (O,)

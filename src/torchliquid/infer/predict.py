@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from torchliquid.data import apply_normalization, get_dataset, invert_normalization
+from torchliquid.data.domains import FeatureDomain, first_violation
 from torchliquid.nn import build_model
 from torchliquid.train import CheckpointError, load_run
 
@@ -75,7 +77,8 @@ class Predictor:
     def __init__(self, model: nn.Module, *, task: str, normalization: Mapping[str, Any],
                  seq_len: Optional[int] = None, feature_names: Sequence[str] = (),
                  target_names: Sequence[str] = (), dataset: Optional[str] = None,
-                 device: Union[str, torch.device] = "cpu", run_dir: Optional[Path] = None) -> None:
+                 device: Union[str, torch.device] = "cpu", run_dir: Optional[Path] = None,
+                 feature_domains: Mapping[str, FeatureDomain] = MappingProxyType({})) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
         if not isinstance(normalization, Mapping) or not isinstance(normalization.get("inputs"), Mapping):
@@ -89,6 +92,7 @@ class Predictor:
         self.dataset = dataset
         self.run_dir = run_dir
         self.feature_names = tuple(feature_names) or _names(normalization["inputs"])
+        self.feature_domains = feature_domains
         classes = tuple(normalization.get("classes") or ())
         self.target_names = tuple(target_names) or classes or _names(normalization.get("target"))
         self.input_size = len(normalization["inputs"]["mean"])
@@ -125,14 +129,17 @@ class Predictor:
         name = dataset_info.get("name")
         feature_names: Sequence[str] = ()
         target_names: Sequence[str] = ()
+        domains: Mapping[str, FeatureDomain] = MappingProxyType({})
         try:
             registered = get_dataset(name)
             feature_names, target_names = registered.feature_names, registered.target_names
+            domains = registered.feature_domains
         except ValueError:
             pass  # a dataset this version does not know: fall back to the names in the stats
         return cls(model, task=info.get("task", ""), normalization=info.get("normalization") or {},
                    seq_len=dataset_info.get("seq_len"), feature_names=feature_names,
-                   target_names=target_names, dataset=name, device=device, run_dir=run_dir)
+                   target_names=target_names, dataset=name, device=device, run_dir=run_dir,
+                   feature_domains=domains)
 
     def __repr__(self) -> str:
         return (f"Predictor({type(self.model).__name__}, task={self.task!r}, dataset={self.dataset!r}, "
@@ -143,7 +150,8 @@ class Predictor:
     def check_windows(self, windows: Any, any_length: bool = False) -> tuple[np.ndarray, bool]:
         """(windows as float64 (N, T, I), unbatched) after checking shape, numbers and finiteness.
 
-        Raises ValueError naming the window, step and feature of the first bad value, or the
+        Raises ValueError naming the window, step and feature of the first bad value (not finite,
+        or outside the dataset's ``feature_domains``: a weekday of 9, hour as 0-23), or the
         axis whose size is wrong (expected vs got).
         """
         if isinstance(windows, torch.Tensor):
@@ -177,6 +185,12 @@ class Predictor:
             where = f"step {t}" if unbatched else f"window {w}, step {t}"
             raise ValueError(f"{where}, feature {self.feature_names[i]!r} (column {i}) is {array_NTI[w, t, i]}; "
                              "expected a finite number: fill or drop missing values first")
+        outside = first_violation(array_NTI, self.feature_names, self.feature_domains)
+        if outside is not None:
+            w, t, i, domain = outside
+            where = f"step {t}" if unbatched else f"window {w}, step {t}"
+            raise ValueError(f"{where}, feature {self.feature_names[i]!r} (column {i}) is {array_NTI[w, t, i]:g}; "
+                             f"expected {domain.describe()}")
         return array_NTI, unbatched
 
     # -- prediction ----------------------------------------------------------------------------
