@@ -408,10 +408,10 @@ def test_stream_command_equals_whole_window_prediction(run_dir: Path, splits) ->
     expected = predictor.predict(raw).values[:, 0]
     np.testing.assert_allclose(streamed[:SEQ_LEN], expected, rtol=1e-6)  # %.9g printing keeps 9 digits
     assert streamed[SEQ_LEN] == streamed[0]
-    with pytest.raises(ValueError, match=r"line 2 \(step 2\), column 3 \(rain_1h\): expected a number, got 'x'"):
+    with pytest.raises(ValueError, match=r"line 2 \(step 2\), column 3 \(rain_1h\): expected a number >= 0 \(mm of rain in the hour\), got 'x'"):
         stream_lines(str(run_dir), io.StringIO("0,1,2,3,4,5,0.5\n0,1,x,3,4,5,0.5\n"), io.StringIO())
-    with pytest.raises(ValueError, match=r"line 1 \(step 1\), column 1 \(holiday\): expected a number: an integer "
-                                         r"from 0 to 1 \(1 on a holiday, 0 otherwise\), got 'None'"):
+    with pytest.raises(ValueError, match=r"line 1 \(step 1\), column 1 \(holiday\): expected an integer from 0 to 1 "
+                                         r"\(1 on a holiday, 0 otherwise\), got 'None'"):
         stream_lines(str(run_dir), io.StringIO("None,1,2,3,4,5,0.5\n"), io.StringIO())
     with pytest.raises(ValueError, match=r"line 1 \(step 1\): expected 7 comma-separated values .*got 3"):
         stream_lines(str(run_dir), io.StringIO("1,2,3\n"), io.StringIO())

@@ -181,10 +181,9 @@ def stream_lines(run_dir: str, lines: TextIO, out: TextIO, dt_column: bool = Fal
             values = np.array([float(field) for field in fields])
         except ValueError:
             bad = next(i for i, field in enumerate(fields) if not _is_float(field))
-            domain = predictor.feature_domains.get(names[bad])
-            encoding = f": {domain.describe()}" if domain else ""  # e.g. holiday is 0/1, not a name
-            raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): expected a number{encoding}, "
-                             f"got {fields[bad]!r}") from None
+            domain = predictor.feature_domains.get(names[bad])  # its encoding: holiday is 0/1, not a name
+            wanted = domain.describe() if domain else "a number"
+            raise ValueError(f"{where}, column {bad + 1} ({names[bad]}): expected {wanted}, got {fields[bad]!r}") from None
         bad_values = ~np.isfinite(values)
         if dt_column:
             bad_values[-1] |= values[-1] < 0
