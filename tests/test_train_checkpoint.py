@@ -98,6 +98,29 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == before and leftovers(tmp_path) == []
 
 
+def test_an_interrupt_before_the_final_move_leaves_the_old_checkpoint_under_its_name(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM between keeping checkpoint.prev.pt and moving the new file in: both names
+    still hold complete checkpoints (the old one), and no staging or temporary file is left."""
+    import torchliquid._atomic as atomic
+
+    path, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    save_checkpoint(path, {"epoch": 1})
+    real_replace = atomic.os.replace
+
+    def interrupted(src, dst):
+        if str(dst) == str(path):
+            raise KeyboardInterrupt  # lands after keep_previous, before the new file is in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 2}, previous=previous)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert load_checkpoint(previous)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
 def test_json_keeps_floats_exact(tmp_path):
     value = {"loss": 0.1 + 0.2, "nan": float("nan")}
     write_json(tmp_path / "r.json", value)

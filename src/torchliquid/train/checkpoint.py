@@ -22,11 +22,13 @@ newest that verifies and warns, naming the file, about each one it skipped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -109,8 +111,11 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any],
                     previous: str | os.PathLike | None = None) -> Path:
     """Atomically write ``payload`` with its checksum to ``path``; returns the path.
 
-    With ``previous``, an existing ``path`` is first moved there (after the new file is fully
-    written), so at every instant at least one complete checkpoint exists under either name.
+    With ``previous``, the existing ``path`` is first kept there (after the new file is fully
+    written), and ``path`` itself always names a complete checkpoint, the old one until the new
+    one replaces it: the previous copy is a hard link (a copy where links fail) moved into place
+    atomically. Moving ``path`` away instead left a moment without ``path``, and a Ctrl-C or
+    SIGTERM landing in it ended the run with only ``previous`` on disk.
     """
     blob = {"format": FORMAT, "format_version": FORMAT_VERSION, "payload": dict(payload),
             "sha256": payload_sha256(dict(payload))}
@@ -119,8 +124,20 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any],
     path = Path(path)
 
     def keep_previous() -> None:
-        if previous is not None and path.exists():
-            os.replace(path, previous)
+        if previous is None or not path.exists():
+            return
+        staged = Path(previous).with_name(f".{Path(previous).name}.staged")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            try:
+                os.link(path, staged)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(path, staged)
+            os.replace(staged, previous)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
 
     return _atomic_write(path, lambda fh: fh.write(buffer.getbuffer()), "wb", keep_previous)
 
