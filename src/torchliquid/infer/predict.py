@@ -179,18 +179,18 @@ class Predictor:
             raise ValueError(f"windows must have {self.seq_len} steps (the run's window length), got {steps} "
                              f"(shape {array.shape}); pass any_length=True (--any-length) to run other lengths")
         array_NTI = array_NTI.astype(np.float64, copy=False)
+        def at(w: int, t: int, i: int) -> str:
+            where = f"step {t}" if unbatched else f"window {w}, step {t}"
+            return f"{where}, feature {self.feature_names[i]!r} (column {i}) is {array_NTI[w, t, i]:g}"
+
         bad = ~np.isfinite(array_NTI)
         if bad.any():
             w, t, i = (int(k) for k in np.argwhere(bad)[0])
-            where = f"step {t}" if unbatched else f"window {w}, step {t}"
-            raise ValueError(f"{where}, feature {self.feature_names[i]!r} (column {i}) is {array_NTI[w, t, i]}; "
-                             "expected a finite number: fill or drop missing values first")
+            raise ValueError(f"{at(w, t, i)}; expected a finite number: fill or drop missing values first")
         outside = first_violation(array_NTI, self.feature_names, self.feature_domains)
         if outside is not None:
             w, t, i, domain = outside
-            where = f"step {t}" if unbatched else f"window {w}, step {t}"
-            raise ValueError(f"{where}, feature {self.feature_names[i]!r} (column {i}) is {array_NTI[w, t, i]:g}; "
-                             f"expected {domain.describe()}")
+            raise ValueError(f"{at(w, t, i)}; expected {domain.describe()}")
         return array_NTI, unbatched
 
     # -- prediction ----------------------------------------------------------------------------
