@@ -69,10 +69,10 @@ class FusedCfC(nn.Module):
         h0_BU = x_BTI.new_zeros(x_BTI.shape[0], UNITS)
         args = (
             x_BTI, h0_BU, None, [self.backbone.weight], [self.backbone.bias],
-            torch.cat([h.weight for h in self.heads]), torch.cat([h.bias for h in self.heads]),
+            [h.weight for h in self.heads], [h.bias for h in self.heads],
         )  # fmt: skip
         if self.implementation == "reference":
-            h_BU = cfc_fused_variants.cfc_sequence_reference(*args)[:, -1]
+            h_BU = cfc_fused_variants.cfc_sequence_reference(*args[:5], torch.cat(args[5]), torch.cat(args[6]))[:, -1]
         else:  # only the last state is used: say so, the backward then skips a (B, T, U) zero grad
             h_BU = cfc_fused.cfc_sequence(*args, implementation=self.implementation, return_sequences=False)
         return self.fc(h_BU)

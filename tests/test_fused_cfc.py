@@ -302,3 +302,48 @@ def test_argument_errors_name_the_choices():
         cfc_fused.cfc_sequence(x, h0, None, **{**params, "mode": "gated"})
     with pytest.raises(ValueError, match="w_tau_1U and a_1U"):
         cfc_fused.cfc_sequence(x, h0, None, **{**params, "mode": "pure"})
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode,timed", [("default", False), ("default", True), ("no_gate", False), ("pure", True)])
+def test_heads_as_lists_equal_heads_concatenated(implementation, mode, timed):
+    """The heads may arrive as [ff1, ff2, time_a, time_b] (the layers' path: joined outside
+    autograd, each given its slice of the gradient): the same numbers, to the bit, as one
+    concatenated tensor."""
+    _, cell = _model(mode, "lecun_tanh", 1)
+    heads = [cell.ff1] if mode == "pure" else [cell.ff1, cell.ff2, cell.time_a, cell.time_b]
+    listed = {**_cell_params(cell), "head_weight_XZ": [h.weight for h in heads], "head_bias_X": [h.bias for h in heads]}
+    x = torch.randn(5, 6, 4, requires_grad=True)
+    h0 = torch.randn(5, 8, requires_grad=True)
+    dt = torch.rand(5, 6, 1) + 0.25 if timed else None
+    results = []
+    for params in (_cell_params(cell), listed):
+        out = cfc_fused.cfc_sequence(x, h0, dt, activation="lecun_tanh", **params, implementation=implementation)
+        leaves = [x, h0, *[p for h in heads for p in (h.weight, h.bias)]]
+        results.append((out, torch.autograd.grad((out * out.detach().sin()).sum(), leaves)))
+    (out_cat, grads_cat), (out_list, grads_list) = results
+    # TorchScript re-optimises its graph over the first calls (other rounding): close, not equal
+    exact = {} if implementation == "jit" else {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(out_list, out_cat, **exact)
+    for i, (a, b) in enumerate(zip(grads_list, grads_cat)):
+        torch.testing.assert_close(a, b, **exact, msg=lambda m, i=i: f"gradient {i}: {m}")
+
+
+def test_listed_time_heads_get_gradients_that_share_no_memory():
+    """time_a and time_b receive the same merged-gate gradient: as two tensors, or accumulating
+    into one .grad (gradient accumulation) would silently change the other."""
+    _, cell = _model("default", "lecun_tanh", 1)
+    heads = [cell.ff1, cell.ff2, cell.time_a, cell.time_b]
+    params = {**_cell_params(cell), "head_weight_XZ": [h.weight for h in heads], "head_bias_X": [h.bias for h in heads]}
+    cfc_fused.cfc_sequence(torch.randn(3, 4, 4), torch.zeros(3, 8), None, **params).sum().backward()
+    before = cell.time_b.weight.grad.clone()
+    assert torch.equal(cell.time_a.weight.grad, before)
+    cell.time_a.weight.grad.add_(1.0)
+    assert torch.equal(cell.time_b.weight.grad, before)
+
+
+def test_head_lists_of_the_wrong_length_are_refused():
+    _, cell = _model("default", "lecun_tanh", 1)
+    params = {**_cell_params(cell), "head_weight_XZ": [cell.ff1.weight, cell.ff2.weight], "head_bias_X": [cell.ff1.bias, cell.ff2.bias]}
+    with pytest.raises(ValueError, match=r"\[ff1, ff2, time_a, time_b\] lists .* got 2 and 2"):
+        cfc_fused.cfc_sequence(torch.randn(2, 3, 4), torch.zeros(2, 8), None, **params)

@@ -9,9 +9,11 @@ One CfC step (ncps 1.0.1 formulation, functional.cfc_gated_update / cfc_pure_upd
 What is fused, and why it is exact (same products, only summed in other places):
   * W_0 = [W_x | W_h] is never concatenated with [x_t, h]: W_x x_t and W_h h are two GEMMs
     into one output (for wide inputs W_x x is one matmul over all steps instead, see WIDE_INPUT);
-  * the four heads are one (B, H) x (H, 4U) matmul on concatenated weights (the caller passes
-    torch.cat of ff1/ff2/time_a/time_b weights; wired cells pass weights already masked), and
-    without timespans (dt = 1) time_a + time_b is merged into one head: (H, 3U), exact;
+  * the four heads are one (B, H) x (H, 4U) matmul on concatenated weights, and without
+    timespans (dt = 1) time_a + time_b is merged into one head: (H, 3U), exact. The caller may
+    pass the heads' weights as separate tensors (wired cells: already masked); the Function then
+    joins them itself, outside autograd, and hands each its slice of the gradient (autograd's
+    cat, slices and sum cost ~0.15 ms per step at batch 64, 3 % of a HAR-like step);
   * the backward is hand-written: only the data-gradient matmuls stay inside the reversed time
     loop; every weight gradient is ONE matmul over all B·T rows after it (as cuDNN does);
   * the element-wise parts (activation, tail) are C kernels on CPU (_fused_native; torch's
@@ -61,6 +63,8 @@ class _Plan:
     ) -> None:  # fmt: skip
         self.mode, self.activation, self.n_backbone, self.I = mode, activation, n_backbone, I
         self.last_only = last_only
+        self.head_parts = 1  # tensors the head weight (and bias) arrive in: see _join_heads
+        self.merged = False  # dt = 1: time_a + time_b joined into one head
         self.native_tail = use_native
         self.native_act = use_native and activation in native.CFC_ACTIVATIONS
         self.mode_id = native.CFC_MODES[mode]
@@ -84,9 +88,10 @@ class _CfCFunction(torch.autograd.Function):
     O(B·T·(H + U))."""
 
     @staticmethod
-    def forward(ctx: Any, plan: _Plan, x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, *layers):  # type: ignore[override]
+    def forward(ctx: Any, plan: _Plan, x_BTI, h0_BU, dt_TB1, w_tau_U, a_U, *tensors):  # type: ignore[override]
         B, T, I = x_BTI.shape
         U = h0_BU.shape[1]
+        layers = _join_heads(plan, U, tensors)
         weights, biases = layers[0::2], layers[1::2]
         nb = plan.n_backbone
         ys = [h0_BU.new_empty(T, B, weights[l].shape[0]) for l in range(nb)]
@@ -124,7 +129,7 @@ class _CfCFunction(torch.autograd.Function):
         grads, g_x, g_h0 = backward(plan, g_out, saved, pres, g_a_BU, g_w_BU, ctx.needs_input_grad[1])
         g_w_tau = g_w_BU.sum(0) if pure else None
         g_a = g_a_BU.sum(0) if pure else None
-        return (None, g_x, g_h0, None, g_w_tau, g_a, *grads)
+        return (None, g_x, g_h0, None, g_w_tau, g_a, *grads[:-2], *_split_heads(plan, U, grads[-2:]))
 
 
 def _backward_c(plan, g_out, saved, pres, g_a_BU, g_w_BU, need_x):
@@ -209,21 +214,34 @@ def _weight_grads(x_BTI, h0_BU, h_TBU, weights, ys, g_heads_TBX, g_pres, need_x)
     return grads, g_x
 
 
-class _MergedTimeHeads(torch.autograd.Function):
-    """[ff1 | ff2 | time_a | time_b] (rows, 4U) -> [ff1 | ff2 | time_a + time_b] (3U).
+def _join_heads(plan: _Plan, U: int, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """[W_0, b_0, ..., W_head, b_head] from the Function's inputs, whose head weight and bias
+    arrive in plan.head_parts pieces each ([ff1 | ff2 | time_a | time_b] or one concatenated
+    tensor), with time_a + time_b joined into one head when plan.merged. Runs inside forward:
+    no autograd graph for the cat and the sum."""
+    n = plan.head_parts
+    layers = list(tensors[: -2 * n])
+    for parts in (tensors[-2 * n : -n], tensors[-n:]):
+        head = parts[0] if n == 1 else torch.cat(parts)
+        if plan.merged:
+            head = torch.cat([head[: 2 * U], head[2 * U : 3 * U] + head[3 * U :]])
+        layers.append(head)
+    return layers
 
-    time_a and time_b get the same gradient, the merged head's, exactly as through the two-head
-    form. Written out because autograd's slices and sum would build three zero-filled (4U, ...)
-    gradients and add them, ~10 small ops per training step at batch 64."""
 
-    @staticmethod
-    def forward(ctx: Any, heads: torch.Tensor, U: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.U = U
-        return torch.cat([heads[: 2 * U], heads[2 * U : 3 * U] + heads[3 * U :]])
-
-    @staticmethod
-    def backward(ctx: Any, g_merged: torch.Tensor):  # type: ignore[override]
-        return torch.cat([g_merged, g_merged[2 * ctx.U :]]), None
+def _split_heads(plan: _Plan, U: int, head_grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The inverse of _join_heads for the head's (weight, bias) gradients: each input's slice.
+    time_a and time_b both get the merged head's gradient (one a copy: two parameters' .grad must
+    not share memory, or accumulating into one would change the other)."""
+    out: list[torch.Tensor] = []
+    for g in head_grads:
+        if plan.merged and plan.head_parts == 4:
+            out += [g[:U], g[U : 2 * U], g[2 * U :], g[2 * U :].clone()]
+        elif plan.merged:
+            out.append(torch.cat([g, g[2 * U :]]))
+        else:
+            out += list(g.split(g.shape[0] // plan.head_parts))
+    return out
 
 
 # ------------------------------------------------------------------------------- public API
@@ -235,8 +253,8 @@ def cfc_sequence(
     dt_BT1: Optional[torch.Tensor],
     backbone_weights: Sequence[torch.Tensor],
     backbone_biases: Sequence[torch.Tensor],
-    head_weight_XZ: torch.Tensor,
-    head_bias_X: torch.Tensor,
+    head_weight_XZ: torch.Tensor | Sequence[torch.Tensor],
+    head_bias_X: torch.Tensor | Sequence[torch.Tensor],
     mode: str = "default",
     activation: str = "lecun_tanh",
     w_tau_1U: Optional[torch.Tensor] = None,
@@ -250,8 +268,9 @@ def cfc_sequence(
     backbone_weights  [(H, I+U), (H, H), ...]; empty for backbone_layers = 0
     backbone_biases   [(H,), ...] matching
     head_weight_XZ    cat([ff1.W, ff2.W, time_a.W, time_b.W]) (4U, Z), or ff1.W (U, Z) for
-                      pure; Z = H, or I+U without backbone; wired cells pass W * mask
-    head_bias_X       the matching concatenated biases
+                      pure; Z = H, or I+U without backbone; wired cells pass W * mask. Or the
+                      list [ff1.W, ff2.W, time_a.W, time_b.W] itself (cheaper: no autograd cat)
+    head_bias_X       the matching biases, concatenated or as a list
     w_tau_1U, a_1U    pure mode's parameters (1, U)
     return_sequences  False: return h_T (B, U) only; the backward is then cheaper
     Returns (B, T, U) (or (B, U)); [:, -1] is the final state. Under torch.autocast the whole
@@ -263,6 +282,11 @@ def cfc_sequence(
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if (mode == "pure") != (w_tau_1U is not None and a_1U is not None):
         raise ValueError("w_tau_1U and a_1U are required for mode='pure' and only for it")
+    head_w_parts = [head_weight_XZ] if isinstance(head_weight_XZ, torch.Tensor) else list(head_weight_XZ)
+    head_b_parts = [head_bias_X] if isinstance(head_bias_X, torch.Tensor) else list(head_bias_X)
+    if len(head_w_parts) != len(head_b_parts) or len(head_w_parts) not in (1, 1 if mode == "pure" else 4):
+        raise ValueError(f"head_weight_XZ and head_bias_X: one tensor each, or {'[ff1]' if mode == 'pure' else '[ff1, ff2, time_a, time_b]'} "
+                         f"lists of matching length; got {len(head_w_parts)} and {len(head_b_parts)}")  # fmt: skip
     if dt_BT1 is not None and dt_BT1.requires_grad:  # d/d(dt) is not in the fused backward
         implementation = "reference"
     if implementation in ("jit", "compile", "reference"):
@@ -274,17 +298,18 @@ def cfc_sequence(
             "reference": cfc_fused_variants.cfc_sequence_reference,
         }[implementation]
         h_BTU = fn(
-            x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, head_weight_XZ, head_bias_X,
-            mode, activation, w_tau_1U, a_1U,
+            x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, torch.cat(head_w_parts),
+            torch.cat(head_b_parts), mode, activation, w_tau_1U, a_1U,
         )  # fmt: skip
         return h_BTU if return_sequences else h_BTU[:, -1]
 
     device_type = x_BTI.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x_BTI.dtype
     cast = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
-    layers: list[torch.Tensor] = []
-    for w, b in zip(list(backbone_weights) + [head_weight_XZ], list(backbone_biases) + [head_bias_X]):
-        layers += [cast(w), cast(b)]
+    tensors: list[torch.Tensor] = []
+    for w, b in zip(backbone_weights, backbone_biases):
+        tensors += [cast(w), cast(b)]
+    tensors += [cast(w) for w in head_w_parts] + [cast(b) for b in head_b_parts]
     x = cast(x_BTI)
     dt_TB1 = None if dt_BT1 is None else cast(dt_BT1.transpose(0, 1))
     w_tau = None if w_tau_1U is None else cast(w_tau_1U.reshape(-1))
@@ -292,13 +317,12 @@ def cfc_sequence(
     use_native = implementation != "function-torch" and native.supports(x)
     nb, I = len(backbone_weights), x.shape[2]
     plan = _Plan(mode, activation, nb, use_native, I, x.dtype, last_only=not return_sequences)
+    plan.head_parts = len(head_w_parts)
     if dt_TB1 is None and mode != "pure":
         # With dt = 1 the gate reads time_a(z) + time_b(z) = (W_a + W_b) z + (b_a + b_b): one head
         # fewer (3U instead of 4U columns, -25 % head FLOPs).
-        U = h0_BU.shape[1]
-        layers[-2] = _MergedTimeHeads.apply(layers[-2], U)
-        layers[-1] = _MergedTimeHeads.apply(layers[-1], U)
+        plan.merged = True
         plan.mode_id |= native.CFC_MERGED_GATE
     with torch.autocast(device_type, enabled=False):
-        h_BTU = _CfCFunction.apply(plan, x, cast(h0_BU), dt_TB1, w_tau, a, *layers)
+        h_BTU = _CfCFunction.apply(plan, x, cast(h0_BU), dt_TB1, w_tau, a, *tensors)
     return h_BTU

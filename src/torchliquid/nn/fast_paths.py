@@ -56,19 +56,20 @@ def _first_order_only(y_BTM: torch.Tensor, h_BU: torch.Tensor) -> tuple[torch.Te
 
 
 def _cfc_cell_arguments(cell: CfCCell) -> dict[str, Any]:
-    """cfc_sequence's parameter arguments of one CfCCell: heads concatenated, masks applied."""
+    """cfc_sequence's parameter arguments of one CfCCell: heads as lists, masks applied."""
     linears = [m for m in cell.backbone if isinstance(m, nn.Linear)] if cell.backbone is not None else []
     mask_UZ = cell.sparsity_mask
 
     def masked(linear: nn.Linear) -> torch.Tensor:  # as CfCCell._masked_linear: ff1 and ff2 only
         return linear.weight if mask_UZ is None else linear.weight * mask_UZ
 
+    # The heads as separate tensors: cfc_sequence joins them outside autograd (cheaper than cat).
     if cell.mode == "pure":
-        head_w, head_b = masked(cell.ff1), cell.ff1.bias
+        head_w, head_b = [masked(cell.ff1)], [cell.ff1.bias]
         extra = {"w_tau_1U": cell.w_tau, "a_1U": cell.A}
     else:
-        head_w = torch.cat([masked(cell.ff1), masked(cell.ff2), cell.time_a.weight, cell.time_b.weight])
-        head_b = torch.cat([cell.ff1.bias, cell.ff2.bias, cell.time_a.bias, cell.time_b.bias])
+        head_w = [masked(cell.ff1), masked(cell.ff2), cell.time_a.weight, cell.time_b.weight]
+        head_b = [cell.ff1.bias, cell.ff2.bias, cell.time_a.bias, cell.time_b.bias]
         extra = {}
     return {
         "backbone_weights": [linear.weight for linear in linears],

@@ -274,7 +274,9 @@ class _Stage:
 
     def tensors(self, args: Mapping[str, Any], merged: bool, cast: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
         """This stage's Function inputs: w_x, b_0, w_h, (w_l, b_l)..., [w_tau, a]."""
-        ws, bs = [*args["backbone_weights"], args["head_weight_XZ"]], [*args["backbone_biases"], args["head_bias_X"]]
+        joined = lambda t: t if isinstance(t, torch.Tensor) else torch.cat(list(t))  # noqa: E731  heads as one
+        ws = [*args["backbone_weights"], joined(args["head_weight_XZ"])]
+        bs = [*args["backbone_biases"], joined(args["head_bias_X"])]
         if merged:  # dt = 1: time_a + time_b is one head (exact; cfc_fused does the same)
             w, b, V = ws[-1], bs[-1], ws[-1].shape[0] // 4
             ws[-1] = torch.cat([w[: 2 * V], w[2 * V : 3 * V] + w[3 * V :]])
