@@ -322,3 +322,12 @@ def test_trainer_adam_is_fused_where_torch_has_it_and_updates_like_plain_adam():
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     plain.load_state_dict(fused.state_dict())  # checkpoints move between the two forms
+
+
+def test_gather_batch_equals_advanced_indexing_with_repeats():
+    from torchliquid.train.batches import gather_batch
+
+    x, y = torch.randn(9, 4, 3), torch.randint(0, 5, (9, 4))
+    idx = torch.tensor([8, 0, 3, 3, 7])  # padding wraps around: an index may repeat
+    gx, gy = gather_batch(x, y, idx)
+    assert torch.equal(gx, x[idx]) and torch.equal(gy, y[idx]) and gx.is_contiguous()

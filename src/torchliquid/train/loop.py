@@ -32,7 +32,7 @@ from torchliquid import runtime
 from torchliquid.config import TrainConfig
 from torchliquid.monitor import HardwareMonitor
 from torchliquid.train import graphs
-from torchliquid.train.batches import EpochBatches, Split, TrainData
+from torchliquid.train.batches import EpochBatches, Split, TrainData, gather_batch
 from torchliquid.train.evaluate import evaluate_split
 from torchliquid.train.faults import FaultInjector
 from torchliquid.train.forward import autocast, model_output
@@ -166,7 +166,7 @@ class Trainer:
         every, n_batches = self.config.checkpoint_steps, len(self.batches)
         for i, idx in enumerate(self.batches.iter_from(int(resume["batch"])), int(resume["batch"])):
             check = (i + 1) % self.config.finite_check_every == 0 or i + 1 == n_batches
-            loss = self.train_step(x_all[idx], y_all[idx], check_finite=check, epoch=epoch, i=i)
+            loss = self.train_step(*gather_batch(x_all, y_all, idx), check_finite=check, epoch=epoch, i=i)
             loss_sum += loss.double() * len(idx)
             n_seen += len(idx)
             if every and self.step % every == 0 and i + 1 < n_batches:  # the epoch's end has its own
@@ -238,7 +238,7 @@ class Trainer:
         def step() -> torch.Tensor:
             self.train_model.train()
             idx = next(batches)
-            return self.train_step(x_all[idx], y_all[idx], check_finite=False)
+            return self.train_step(*gather_batch(x_all, y_all, idx), check_finite=False)
 
         return step
 
