@@ -338,6 +338,11 @@ def _ptrs(tensors) -> Any:
     return (ctypes.c_void_p * max(1, len(tensors)))(*[0 if t is None else t.data_ptr() for t in tensors])
 
 
+def _widths(weights) -> Any:
+    """The layers' output widths as a C int64 array (a torch.tensor of them cost ~15 µs a call)."""
+    return (ctypes.c_int64 * len(weights))(*[w.shape[0] for w in weights])
+
+
 def cfc_seq_forward(mode: int, act: int, weights, biases, x_BTI, h0_BU, dt_TB1, w_tau_U, a_U,
                     ys, h_TBU, acts_TB3U, p0_TBO=None) -> None:  # fmt: skip
     """The whole forward time loop in C (see _fused_csrc_cfc_seq); fills ys, h_TBU, acts_TB3U.
@@ -346,10 +351,9 @@ def cfc_seq_forward(mode: int, act: int, weights, biases, x_BTI, h0_BU, dt_TB1, 
     x W_x^T + b_0 for all steps (time-major, contiguous) and replaces the per-step input GEMM."""
     B, T, I = x_BTI.shape
     U, nb = h0_BU.shape[1], len(weights) - 1
-    widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
     heads = h0_BU.new_empty(B, weights[-1].shape[0])
     kernel("cfc_seq_fwd", h0_BU.dtype)(
-        T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(biases),
+        T, B, U, I, nb, _widths(weights), _ptrs(weights), _ptrs(biases),
         _opt(p0_TBO).value, x_BTI.data_ptr(), T * I, h0_BU.data_ptr(), mode, act, _opt(dt_TB1).value,
         _opt(w_tau_U).value, _opt(a_U).value, _ptrs(ys), heads.data_ptr(), h_TBU.data_ptr(),
         acts_TB3U.data_ptr(),
@@ -370,9 +374,8 @@ def cfc_seq_backward(mode: int, act: int, weights, ys, acts_TB3U, dt_TB1, w_tau_
     I = weights[0].shape[1] - U
     last_only = g.dim() == 2
     g_t, g_b = (0, g.stride(0)) if last_only else (g.stride(1), g.stride(0))
-    widths = torch.tensor([w.shape[0] for w in weights], dtype=torch.int64)
     kernel("cfc_seq_bwd", g_carry_BU.dtype)(
-        T, B, U, I, nb, widths.data_ptr(), _ptrs(weights), _ptrs(ys), acts_TB3U.data_ptr(), mode, act,
+        T, B, U, I, nb, _widths(weights), _ptrs(weights), _ptrs(ys), acts_TB3U.data_ptr(), mode, act,
         _opt(dt_TB1).value, _opt(w_tau_U).value, _opt(a_U).value, g.data_ptr(), g_t, g_b, int(last_only),
         _opt(x_BTI).value, T * I, h0_BU.data_ptr(), h_TBU.data_ptr(), _opt(g_pre0_TBO).value,
         g_carry_BU.data_ptr(), _opt(g_a_BU).value, _opt(g_w_BU).value, _ptrs(grads),

@@ -222,9 +222,12 @@ def _join_heads(plan: _Plan, U: int, tensors: Sequence[torch.Tensor]) -> list[to
     n = plan.head_parts
     layers = list(tensors[: -2 * n])
     for parts in (tensors[-2 * n : -n], tensors[-n:]):
-        head = parts[0] if n == 1 else torch.cat(parts)
-        if plan.merged:
-            head = torch.cat([head[: 2 * U], head[2 * U : 3 * U] + head[3 * U :]])
+        if n == 4:
+            head = torch.cat([parts[0], parts[1], parts[2] + parts[3]] if plan.merged else parts)
+        elif plan.merged:
+            head = torch.cat([parts[0][: 2 * U], parts[0][2 * U : 3 * U] + parts[0][3 * U :]])
+        else:
+            head = parts[0]
         layers.append(head)
     return layers
 
@@ -323,6 +326,7 @@ def cfc_sequence(
         # fewer (3U instead of 4U columns, -25 % head FLOPs).
         plan.merged = True
         plan.mode_id |= native.CFC_MERGED_GATE
+    if not torch.is_autocast_enabled(device_type):  # entering the context costs ~15 µs
+        return _CfCFunction.apply(plan, x, cast(h0_BU), dt_TB1, w_tau, a, *tensors)
     with torch.autocast(device_type, enabled=False):
-        h_BTU = _CfCFunction.apply(plan, x, cast(h0_BU), dt_TB1, w_tau, a, *tensors)
-    return h_BTU
+        return _CfCFunction.apply(plan, x, cast(h0_BU), dt_TB1, w_tau, a, *tensors)
