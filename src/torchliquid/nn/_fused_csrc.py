@@ -366,8 +366,14 @@ static inline int team_size(int64_t tiles) {
 /* e^x for float, branch-free so that gcc vectorises it inline (a libmvec call would spill every
    live vector register around it): Cephes expf's range reduction and degree-6 polynomial,
    relative error < 2 ulp on the clamped range. The clamp to ±80 keeps σ's 1/(1+e^-z) out of
-   subnormals (slow on x86) at the cost of σ(-z) = 1.8e-35 instead of 0 for z > 80. */
+   subnormals (slow on x86) at the cost of σ(-z) = 1.8e-35 instead of 0 for z > 80.
+   NaN in, NaN out (as torch's exp; a NaN input must not come out of a model as a number): under
+   -ffast-math the compiler may assume no NaN exists and fold any float test for it, so the
+   test is on the bits, which fast-math does not touch. Every tanh and σ here goes through this. */
 static inline float exp_f32(float x) {
+    union { float f; int32_t i; } in;
+    in.f = x;
+    const int nan_in = (in.i & 0x7fffffff) > 0x7f800000;
     x = x < -80.0f ? -80.0f : (x > 80.0f ? 80.0f : x);
     float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -380,7 +386,7 @@ static inline float exp_f32(float x) {
     p = p * r * r + r + 1.0f;
     union { float f; int32_t i; } scale;
     scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
+    return nan_in ? in.f : p * scale.f;
 }
 
 /* double is the gradcheck precision: exact libm exp (vectorised through libmvec). */
