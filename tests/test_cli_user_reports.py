@@ -83,6 +83,73 @@ def test_overwrite_after_a_torchrun_restart_resumes_instead_of_deleting(capsys, 
     assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header, epochs 1 and 2
 
 
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("failure", ["bad-data", "interrupt"])
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(capsys, tmp_path, monkeypatch, failure):
+    """A second user's report: --overwrite deleted the finished run first, so a new run that
+    failed on bad data (or a Ctrl-C during start-up) left nothing of either."""
+    from torchliquid import workflow
+
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out))[0] == 0
+    (out / "model.sequence.onnx").write_bytes(b"an exported model of the old run")
+    before = _snapshot(out)
+
+    def fail(*args, **kwargs):
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        raise ValueError("sine: bad data (injected)")
+
+    monkeypatch.setattr(workflow, "load_splits", fail)
+    code, _, err = run_cli(capsys, *sine(out, "--seed", "1", "--overwrite"))
+    if failure == "interrupt":
+        assert code == 130, err
+    else:
+        one_line_error(code, err, "bad data")
+    assert _snapshot(out) == before  # every file back, byte for byte; no .replaced left
+    assert not (out / ".replaced").exists()
+
+
+def test_overwrite_replaces_every_file_of_the_old_run(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out))[0] == 0
+    (out / "model.sequence.onnx").write_bytes(b"an exported model of the old run")
+    code, _, err = run_cli(capsys, *sine(out, "--seed", "1", "--overwrite"))
+    assert code == 0, err
+    assert not (out / "model.sequence.onnx").exists()  # it belonged to the old model
+    assert not (out / ".replaced").exists()
+    assert json.loads((out / "result.json").read_text())["seed"] == 1
+
+
+def test_a_killed_overwrite_is_finished_by_the_next_one(capsys, tmp_path, monkeypatch):
+    """kill -9 before the new run's first checkpoint leaves the old run in .replaced; the next
+    --overwrite keeps replacing that run, and a failing one puts that run back."""
+    from torchliquid import workflow
+
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out))[0] == 0
+    before = _snapshot(out)
+    (out / ".replaced").mkdir()
+    for path in list(out.iterdir()):
+        if path.name != ".replaced":
+            path.rename(out / ".replaced" / path.name)
+    (out / "config.json").write_text("{}")  # what the killed new run had written
+    monkeypatch.setattr(workflow, "load_splits", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad data")))
+    code, _, err = run_cli(capsys, *sine(out, "--seed", "1", "--overwrite"))
+    one_line_error(code, err, "bad data")
+    assert _snapshot(out) == before and not (out / ".replaced").exists()
+    monkeypatch.undo()
+    (out / ".replaced").mkdir()  # killed again; this time the next --overwrite succeeds
+    for path in list(out.iterdir()):
+        if path.name != ".replaced":
+            path.rename(out / ".replaced" / path.name)
+    assert run_cli(capsys, *sine(out, "--seed", "1", "--overwrite"))[0] == 0
+    assert not (out / ".replaced").exists() and json.loads((out / "result.json").read_text())["seed"] == 1
+
+
 # -- 4., 8. --data-dir ---------------------------------------------------------------------------
 
 
@@ -193,3 +260,19 @@ def test_sigterm_stops_train_like_ctrl_c_and_leaves_a_good_checkpoint(tmp_path):
                                             "command plus --resume")
     assert load_checkpoint(out / "checkpoint.pt")["trainer"]["epoch"] >= 1
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_overwrite_failing_while_torchrun_may_restart_leaves_the_old_run_set_aside(tmp_path, monkeypatch):
+    """The restarted attempt continues the NEW run (it resumes whatever that checkpointed), so a
+    failed attempt must not put the old run back where the restart would resume it."""
+    from torchliquid.rundir import replacing
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"old run")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    with pytest.raises(RuntimeError):
+        with replacing(out, active=True):
+            raise RuntimeError("rank 1 died")
+    assert not (out / "checkpoint.pt").exists()
+    assert (out / ".replaced" / "checkpoint.pt").read_bytes() == b"old run"

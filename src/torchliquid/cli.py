@@ -91,7 +91,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue --out from its last good checkpoint, mid-epoch if it was "
                         "(same arguments; --epochs may grow). Automatic after a torchrun "
                         "restart (--max-restarts) and when --out holds the same run")
-    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (kept in --out/.replaced until the new run's "
+                        "first checkpoint, and put back if the new run fails before it)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     dist = p.add_argument_group("many processes (launch with torchrun)")
     dist.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",

@@ -7,9 +7,12 @@ apart from :mod:`torchliquid.workflow` (which calls it) to keep that module shor
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from torchliquid import runtime
 from torchliquid.config import RunConfig
@@ -21,6 +24,8 @@ RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "check
                      "finite_check_every", "checkpoint_steps", "monitor_interval", "backend",
                      "deterministic", "cuda_graphs"}
 PREDICTIONS_SINE = "predictions_sine.npz"
+# Where --overwrite keeps the run it replaces until the new run has its first checkpoint.
+REPLACED = ".replaced"
 
 
 def check_out_dir(out_dir: str | Path) -> None:
@@ -64,10 +69,7 @@ def _read_existing(run: RunConfig, resume: bool, overwrite: bool) -> tuple | Non
     # After a torchrun restart --overwrite already did its job in the first attempt: deleting
     # again would throw away what the crashed attempt checkpointed.
     if overwrite and not restarted:
-        for stale in [*paths, out / RESULT, out / METRICS, out / PREDICTIONS_SINE,
-                      *out.glob("samples*.csv")]:
-            stale.unlink(missing_ok=True)  # a new run must not fall back on the old one's files
-        return None
+        return None  # replacing() sets the old run aside; the new one must not resume from it
     if not any(p.exists() for p in paths):
         if resume:
             raise ValueError(f"--resume: {run.out_dir} holds no checkpoint ({paths[0]}); "
@@ -126,3 +128,64 @@ def check_resumable(run: RunConfig, new: Mapping[str, Any], old: Mapping[str, An
         raise ValueError(f"cannot resume {run.out_dir}: {', '.join(differ)} differ from the "
                          "checkpoint; repeat the original arguments (only --epochs and logging/"
                          "device options may change) or choose a new --out")
+
+
+@contextlib.contextmanager
+def replacing(out_dir: str | Path, active: bool) -> Iterator[None]:
+    """``--overwrite`` without losing the old run to a failed new one.
+
+    On entry (rank 0) everything in ``out_dir`` moves into ``out_dir/.replaced``; the new run
+    starts in an empty folder (no stale result, metrics or exported model of the old one). On
+    exit the old run is deleted once the new one has a checkpoint or has finished, and moved
+    back when the new one failed or was interrupted before its first checkpoint (bad data,
+    Ctrl-C during start-up) -- unless torchrun may still restart the job, whose next attempt
+    continues the new run. A run killed outright leaves ``.replaced`` behind: the next
+    ``--overwrite`` into the folder keeps replacing that same old run.
+    """
+    out = Path(out_dir)
+    backup = out / REPLACED
+    if not active or not runtime.is_main_process() or not out.is_dir():
+        yield
+        return
+    if runtime.restart_count() > 0:
+        pass  # torchrun's restart: the first attempt set the old run aside; continue the new one
+    elif backup.is_dir():  # an earlier --overwrite was killed: backup still holds the old run
+        for path in out.iterdir():
+            if path != backup:
+                _remove(path)
+    else:
+        contents = list(out.iterdir())
+        if contents:
+            backup.mkdir()
+            for path in contents:
+                path.rename(backup / path.name)
+    if not backup.is_dir():
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        if not (out / CHECKPOINT).exists() and not _restart_pending():
+            for path in out.iterdir():
+                if path != backup:
+                    _remove(path)
+            for path in backup.iterdir():
+                path.rename(out / path.name)
+            backup.rmdir()
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _restart_pending() -> bool:
+    """True when torchrun's elastic agent would restart the job after this attempt fails."""
+    try:
+        return runtime.restart_count() < int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+    except ValueError:
+        return False

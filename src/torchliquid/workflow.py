@@ -28,7 +28,7 @@ from torchliquid import runtime
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
 from torchliquid.data import get_dataset, load_dataset
 from torchliquid.nn import build_model, constrain_after_step, count_parameters
-from torchliquid.rundir import PREDICTIONS_SINE, check_out_dir, check_resumable, existing_run
+from torchliquid.rundir import PREDICTIONS_SINE, check_out_dir, check_resumable, existing_run, replacing
 from torchliquid.train import (Trainer, TrainData, evaluate_checkpoint, load_run,
                                recorded_result, write_json)
 from torchliquid.train.graphs import WARMUP_STEPS
@@ -83,8 +83,10 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
             the same configuration; a different run there is an error unless ``overwrite``, and
             so is ``run.train.epochs`` below the epochs the checkpoint has done.
         overwrite: replace a run already in ``run.out_dir``, so a finished run is never lost by
-            accident (excludes ``resume``; after a torchrun restart it resumes what the first
-            attempt checkpointed instead of deleting it again).
+            accident (excludes ``resume``); the old run is deleted only once the new one has a
+            checkpoint or has finished, and put back if the new one fails before
+            (:func:`torchliquid.rundir.replacing`); after a torchrun restart it resumes what the
+            first attempt checkpointed.
         splits: already loaded splits for ``run.data`` (the demo loads each dataset once).
         command: the command line, recorded in config.json.
         profile: ``"cprofile"`` or ``"torch"``: instead of training, run ``profile_warmup`` then
@@ -124,42 +126,43 @@ def train_run(run: RunConfig, *, resume: bool = False, overwrite: bool = False,
         f"lr {cfg.lr:g}" + (f" x {world} = {cfg.scaled_lr(world):g} (--lr-scaling linear)"
                             if cfg.lr_scaling == "linear" and world > 1 else ""), quiet)
     found = None if profile else existing_run(run, resume, overwrite)
-    # Every rank loads the data (it is small and each needs it on its device); rank 0 reports.
-    splits = splits if splits is not None else load_splits(
-        run.data, quiet or not runtime.is_main_process())
-    say(f"data: {splits.describe()}", quiet)
-    runtime.seed_all(cfg.seed)
-    spec = model_spec(run.model, splits)
-    model = build_from_spec(spec).to(device)
-    optimizer = adam(model.parameters(), lr=cfg.scaled_lr(world))
-    constrain_after_step(optimizer, model)
-    count = count_parameters(model)
-    say(f"model: {run.model.name} {json.dumps({k: v for k, v in spec.items() if k != 'name'})}, "
-        f"{count}", quiet)
-    run_info = {"model": spec, "dataset": dataset_info(run.data, splits),
-                "parameters": {"total": count.total, "effective": count.effective},
-                "normalization": splits.normalization, "run": run.to_dict(),
-                "command": list(command) if command is not None else None}
-    before = _sine_predictions(model, splits, device) if run.data.name == "sine" else None
-    trainer = Trainer(model, TrainData.from_splits(splits, device), splits.task, cfg,
-                      optimizer=optimizer, out_dir=run.out_dir, run_info=run_info)
-    if found is not None:
-        payload, recorded, path = found
-        check_resumable(run, run_info, recorded)
-        trainer.load_state_dict(payload["trainer"])
-        at = trainer.position
-        say(f"resuming {run.out_dir} from {path.name}: epoch {trainer.epoch} done"
-            + (f", {at['batch']} batches into epoch {at['epoch']}" if at else "")
-            + f" (global step {trainer.step})", quiet)
-    if profile:
-        return _profile(trainer, run, profile, profile_steps, profile_warmup, quiet)
-    result = trainer.fit()
-    if before is not None and runtime.is_main_process():
-        after = _sine_predictions(model, splits, device)
-        _write_npz(Path(run.out_dir) / PREDICTIONS_SINE, target=splits.test.y.numpy(),
-                   before=before, after=after, t=get_dataset("sine").times().astype(np.float32))
-    say(f"run files in {run.out_dir}/", quiet)
-    return result
+    with replacing(run.out_dir, overwrite and not profile):
+        # Every rank loads the data (it is small and each needs it on its device); rank 0 reports.
+        splits = splits if splits is not None else load_splits(
+            run.data, quiet or not runtime.is_main_process())
+        say(f"data: {splits.describe()}", quiet)
+        runtime.seed_all(cfg.seed)
+        spec = model_spec(run.model, splits)
+        model = build_from_spec(spec).to(device)
+        optimizer = adam(model.parameters(), lr=cfg.scaled_lr(world))
+        constrain_after_step(optimizer, model)
+        count = count_parameters(model)
+        say(f"model: {run.model.name} {json.dumps({k: v for k, v in spec.items() if k != 'name'})}, "
+            f"{count}", quiet)
+        run_info = {"model": spec, "dataset": dataset_info(run.data, splits),
+                    "parameters": {"total": count.total, "effective": count.effective},
+                    "normalization": splits.normalization, "run": run.to_dict(),
+                    "command": list(command) if command is not None else None}
+        before = _sine_predictions(model, splits, device) if run.data.name == "sine" else None
+        trainer = Trainer(model, TrainData.from_splits(splits, device), splits.task, cfg,
+                          optimizer=optimizer, out_dir=run.out_dir, run_info=run_info)
+        if found is not None:
+            payload, recorded, path = found
+            check_resumable(run, run_info, recorded)
+            trainer.load_state_dict(payload["trainer"])
+            at = trainer.position
+            say(f"resuming {run.out_dir} from {path.name}: epoch {trainer.epoch} done"
+                + (f", {at['batch']} batches into epoch {at['epoch']}" if at else "")
+                + f" (global step {trainer.step})", quiet)
+        if profile:
+            return _profile(trainer, run, profile, profile_steps, profile_warmup, quiet)
+        result = trainer.fit()
+        if before is not None and runtime.is_main_process():
+            after = _sine_predictions(model, splits, device)
+            _write_npz(Path(run.out_dir) / PREDICTIONS_SINE, target=splits.test.y.numpy(),
+                       before=before, after=after, t=get_dataset("sine").times().astype(np.float32))
+        say(f"run files in {run.out_dir}/", quiet)
+        return result
 
 
 @torch.no_grad()
