@@ -276,3 +276,20 @@ def test_overwrite_failing_while_torchrun_may_restart_leaves_the_old_run_set_asi
             raise RuntimeError("rank 1 died")
     assert not (out / "checkpoint.pt").exists()
     assert (out / ".replaced" / "checkpoint.pt").read_bytes() == b"old run"
+
+
+def test_running_out_of_memory_is_one_line_and_other_runtime_errors_keep_their_traceback(capsys, tmp_path, monkeypatch):
+    """A user's --units 100000000 ended in torch's allocator traceback; now one line with the size.
+    A RuntimeError that is not about memory is a bug and must still show where it came from."""
+    from torchliquid import workflow
+
+    def oom(spec):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 51200001024 bytes. Error code 12")
+
+    monkeypatch.setattr(workflow, "build_from_spec", oom)
+    code, _, err = run_cli(capsys, *sine(tmp_path / "a"))
+    one_line_error(code, err, "not enough memory for 51.2 GB", "--units")
+    monkeypatch.setattr(workflow, "build_from_spec", lambda spec: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_cli(capsys, *sine(tmp_path / "b"))

@@ -82,3 +82,19 @@ def test_export_refuses_onnx_only_flags_with_torchscript(capsys, sine_run, tmp_p
                            "--out", str(tmp_path / "m.pt"), *flags)
     one_line_error(code, err, named, "--format onnx")
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_an_output_below_a_file_is_one_line(capsys, sine_run, tmp_path, command):
+    """A second user's report: an output path inside an existing file was a FileExistsError
+    traceback."""
+    blocker = tmp_path / "good.npy"
+    blocker.write_bytes(b"keep me")
+    if command == "predict":
+        argv = ["predict", "--run", str(sine_run), "--input", str(_sine_csv(tmp_path / "in.csv")),
+                "--output", str(blocker / "out.npy")]
+    else:
+        argv = ["export", "--run", str(sine_run), "--format", "torchscript", "--out", str(blocker / "m.pt")]
+    code, _, err = run_cli(capsys, *argv)
+    one_line_error(code, err, str(blocker))
+    assert blocker.read_bytes() == b"keep me"

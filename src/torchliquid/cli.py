@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -351,10 +352,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"torchliquid {args.command}: {e}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as e:
+    except (ValueError, TypeError, OSError, CheckpointError) as e:  # OSError: a path (not a dir, ...)
         if traceback:
             raise
         print(f"torchliquid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if traceback or not _out_of_memory(e):
+            raise  # any other RuntimeError is a bug: keep its traceback
+        wanted = re.search(r"allocate (\d+) bytes", str(e))
+        what = f" for {int(wanted.group(1)) / 1e9:.1f} GB" if wanted else ""
+        print(f"torchliquid {args.command}: error: not enough memory{what}; a smaller --units, "
+              "--batch-size or --eval-batch-size needs less", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during train
         hint = getattr(args, "interrupted_hint", None)
@@ -363,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = format_warning  # main() also runs in-process (tests, notebooks)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """True for an allocation failure: MemoryError, or torch's allocator errors (CPU and CUDA)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 if __name__ == "__main__":
