@@ -293,3 +293,21 @@ def test_running_out_of_memory_is_one_line_and_other_runtime_errors_keep_their_t
     monkeypatch.setattr(workflow, "build_from_spec", lambda spec: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         run_cli(capsys, *sine(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_a_checkpoint_from_another_run_is_refused(capsys, tmp_path, command):
+    """A fresh user copied an LTC run's checkpoint.pt into a CfC run: evaluate, predict and
+    export used the LTC silently (evaluate then blamed threads for the differing metrics)."""
+    cfc, ltc = tmp_path / "cfc", tmp_path / "ltc"
+    assert run_cli(capsys, *sine(cfc))[0] == 0
+    ltc_argv = sine(ltc)
+    ltc_argv[ltc_argv.index("cfc")] = "ltc"
+    assert run_cli(capsys, *ltc_argv)[0] == 0
+    shutil.copy(ltc / "checkpoint.pt", cfc / "checkpoint.pt")
+    argv = {"evaluate": ["evaluate", "--run", str(cfc), "--quiet"],
+            "predict": ["predict", "--run", str(cfc), "--input", str(FIXTURES / "missing"), "--output", str(tmp_path / "p.csv")],
+            "export": ["export", "--run", str(cfc), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]}[command]
+    code, _, err = run_cli(capsys, *argv)
+    one_line_error(code, err, "checkpoint.pt is not the run", "'name': 'ltc'", "'name': 'cfc'")
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "p.csv").exists()

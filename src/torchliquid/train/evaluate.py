@@ -23,7 +23,7 @@ from torchliquid.config import TrainConfig
 from torchliquid.train.batches import Split, eval_slices
 from torchliquid.train.checkpoint import CheckpointError, load_checkpoint
 from torchliquid.train.forward import autocast, model_output
-from torchliquid.train.records import CHECKPOINT, PREVIOUS_CHECKPOINT, RESULT
+from torchliquid.train.records import CHECKPOINT, CONFIG, PREVIOUS_CHECKPOINT, RESULT
 from torchliquid.train.tasks import Task, get_task
 
 
@@ -60,10 +60,35 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         hint = _previous_hint(path.with_name(PREVIOUS_CHECKPOINT), run)
         raise CheckpointError(f"{e}{hint}") from None
     try:
-        return payload, json.loads(payload["run_info"])
+        info = json.loads(payload["run_info"])
     except (KeyError, TypeError, json.JSONDecodeError):
         raise CheckpointError(f"checkpoint {path} lacks a readable run_info; it was not written "
                               "by torchliquid's Trainer") from None
+    _check_same_run(run, path, info)
+    return payload, info
+
+
+def _check_same_run(run: Path, path: Path, info: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose model or dataset is not the one config.json records: a
+    checkpoint copied in from another run would otherwise be evaluated, predicted with and
+    exported silently (a fresh user's report). An unreadable config.json is not checked: the
+    checkpoint is the run's record, config.json its description."""
+    try:
+        config = json.loads((run / CONFIG).read_text())
+    except (OSError, ValueError):
+        return
+
+    def summary(record: Any) -> tuple:
+        model = record.get("model") if isinstance(record.get("model"), Mapping) else {}
+        dataset = record.get("dataset") if isinstance(record.get("dataset"), Mapping) else {}
+        return (dict(model), dataset.get("name"))
+
+    if not isinstance(config, Mapping) or summary(config) == summary(info):
+        return
+    describe = lambda record: f"{summary(record)[0]} on {summary(record)[1]}"  # noqa: E731
+    raise CheckpointError(f"{path} is not the run {run / CONFIG} describes: the checkpoint holds "
+                          f"{describe(info)}, config.json {describe(config)}; put that run's own "
+                          "checkpoint.pt back (or retrain)")
 
 
 def _previous_hint(previous: Path, run: Path) -> str:
