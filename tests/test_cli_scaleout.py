@@ -107,7 +107,10 @@ def test_compare_prints_speedup_efficiency_metric_and_utilisation(capsys, tmp_pa
     assert "95" in per_run[str(tmp_path / "two" / "result.json")]  # mean host CPU of the ranks
     assert "no GPU" in per_run[str(tmp_path / "one")]
     code, _, err = run_cli(capsys, "compare", str(tmp_path / "missing"))
-    assert code == 2 and "result.json does not exist" in err
+    assert code == 2 and f"run folder {tmp_path / 'missing'} does not exist" in err  # not "did not finish"
+    (tmp_path / "unfinished").mkdir()
+    code, _, err = run_cli(capsys, "compare", str(tmp_path / "unfinished"))
+    assert code == 2 and "result.json does not exist: the run did not finish" in err
 
 
 def test_infer_and_matrix_commands_are_registered(capsys, monkeypatch):

@@ -311,3 +311,10 @@ def test_a_checkpoint_from_another_run_is_refused(capsys, tmp_path, command):
     code, _, err = run_cli(capsys, *argv)
     one_line_error(code, err, "checkpoint.pt is not the run", "'name': 'ltc'", "'name': 'cfc'")
     assert not (tmp_path / "m.pt").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_another_configuration_in_out_names_both_values(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out))[0] == 0
+    code, _, err = run_cli(capsys, *sine(out, "--seed", "3"))
+    one_line_error(code, err, "train.seed (checkpoint: 0, now: 3)")

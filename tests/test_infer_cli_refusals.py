@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torchliquid import cli
 from _cli import run_cli, one_line_error  # noqa: E402
@@ -98,3 +99,18 @@ def test_an_output_below_a_file_is_one_line(capsys, sine_run, tmp_path, command)
     code, _, err = run_cli(capsys, *argv)
     one_line_error(code, err, str(blocker))
     assert blocker.read_bytes() == b"keep me"
+
+
+def test_predict_output_that_is_a_folder_says_so(capsys, sine_run, tmp_path):
+    code, _, err = run_cli(capsys, "predict", "--run", str(sine_run), "--input", str(_sine_csv(tmp_path / "in.csv")),
+                           "--output", str(tmp_path))
+    one_line_error(code, err, f"output {tmp_path} is a folder")
+
+
+def test_postprocess_takes_numpy_as_well_as_tensors(sine_run):
+    from torchliquid import infer
+
+    predictor = infer.load(sine_run)
+    raw = np.linspace(-1, 1, 5, dtype=np.float32).reshape(1, 5, 1)
+    from_numpy, from_tensor = predictor.postprocess(raw), predictor.postprocess(torch.from_numpy(raw))
+    np.testing.assert_array_equal(from_numpy.values, from_tensor.values)

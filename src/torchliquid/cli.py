@@ -248,8 +248,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     verdict = ("reproduces result.json exactly" if report["equal"] else
                f"DIFFERS from result.json (max relative difference "
                f"{report['max_relative_difference']:.3g}; evaluated on {report['device']} with "
-               f"{report['threads']} threads, trained on {report['trained_device']} with "
-               f"{report['trained_threads']}: exact equality needs the same device type and "
+               f"{report['threads']} thread{'s' * (report['threads'] != 1)}, trained on "
+               f"{report['trained_device']} with {report['trained_threads']}: exact equality "
+               "needs the same device type and "
                "thread count)")
     if not args.quiet or not report["equal"]:
         print("\n".join([f"{args.run}:", *lines, verdict]), flush=True)

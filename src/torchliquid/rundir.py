@@ -108,11 +108,14 @@ def _check_epochs(run: RunConfig, payload: Mapping[str, Any], path: Path) -> Non
 def differences(run: RunConfig, old: Mapping[str, Any]) -> list[str]:
     """What of ``run`` differs from the recorded run ``old`` beyond RESUMABLE_CHANGES."""
     old_run = RunConfig.from_dict(old["run"])
-    differ = [f"model.{k}" for k in ("name", "units", "wiring", "kwargs")
-              if getattr(old_run.model, k) != getattr(run.model, k)]
-    differ += [f"data.{k}" for k in ("name", "seed", "max_windows")
-               if getattr(old_run.data, k) != getattr(run.data, k)]
-    differ += [f"train.{k}" for k, v in vars(run.train).items()
+    def pair(name: str, before: Any, now: Any) -> str:  # say what each value is
+        return f"{name} (checkpoint: {before!r}, now: {now!r})"
+
+    differ = [pair(f"model.{k}", getattr(old_run.model, k), getattr(run.model, k))
+              for k in ("name", "units", "wiring", "kwargs") if getattr(old_run.model, k) != getattr(run.model, k)]
+    differ += [pair(f"data.{k}", getattr(old_run.data, k), getattr(run.data, k))
+               for k in ("name", "seed", "max_windows") if getattr(old_run.data, k) != getattr(run.data, k)]
+    differ += [pair(f"train.{k}", getattr(old_run.train, k), v) for k, v in vars(run.train).items()
                if k not in RESUMABLE_CHANGES and getattr(old_run.train, k) != v]
     if old.get("world_size", 1) != runtime.world_size():
         differ.append(f"the number of processes (checkpoint: {old.get('world_size', 1)}, now: "

@@ -95,7 +95,7 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
     if path.is_dir():  # --out FOLDER: the default file name inside it
         path = path / default_name
     elif path.suffix.lower() != EXPORT_SUFFIXES[fmt]:  # e.g. --out data.csv would replace a CSV
-        raise ValueError(f"--out {out}: a {fmt} file must end in {EXPORT_SUFFIXES[fmt]} (or name an existing "
+        raise ValueError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {EXPORT_SUFFIXES[fmt]} (or name an existing "
                          f"folder to write {default_name} in)")
     preprocessing = {"task": predictor.task, "dataset": predictor.dataset, "seq_len": predictor.seq_len,
                      "feature_names": list(predictor.feature_names), "target_names": list(predictor.target_names),

@@ -266,10 +266,10 @@ def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_p
     """
     predictor = run if isinstance(run, Predictor) else Predictor.from_run(run, device=device)
     output = Path(output_path) if output_path is not None else default_output(input_path)
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:  # fail before the (possibly long) prediction
-        raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {output.name!r}")
     if output.is_dir():
         raise ValueError(f"output {output} is a folder; name a file ending in .csv or .npy")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:  # fail before the (possibly long) prediction
+        raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {output.name!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     written = [output] + ([probabilities_path(output)] if predictor.task == "classification"

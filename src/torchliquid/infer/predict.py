@@ -213,9 +213,10 @@ class Predictor:
                 outputs.append(self.model(x_BTI)[0].float().cpu())
         return self.postprocess(torch.cat(outputs), unbatched)
 
-    def postprocess(self, output: torch.Tensor, unbatched: bool = False) -> Prediction:
-        """Model outputs (..., O) -> a Prediction (de-normalised values, or classes and probabilities)."""
-        output = output.detach().float().cpu()
+    def postprocess(self, output: Any, unbatched: bool = False) -> Prediction:
+        """Model outputs (..., O) -> a Prediction (de-normalised values, or classes and probabilities).
+        ``output``: a tensor, or anything numpy reads as numbers (an array, nested lists)."""
+        output = (output.detach() if isinstance(output, torch.Tensor) else torch.as_tensor(np.asarray(output))).float().cpu()
         if unbatched:
             output = output[0]
         if self.task == "classification":

@@ -107,6 +107,9 @@ def _previous_hint(previous: Path, run: Path) -> str:
 def recorded_result(run_dir: str | Path) -> dict[str, Any]:
     """The run's result.json."""
     path = Path(run_dir) / RESULT
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"run folder {run_dir} does not exist" if not Path(run_dir).exists()
+                         else f"{run_dir} is a file, not a run folder")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
