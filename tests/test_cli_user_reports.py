@@ -318,3 +318,14 @@ def test_another_configuration_in_out_names_both_values(capsys, tmp_path):
     assert run_cli(capsys, *sine(out))[0] == 0
     code, _, err = run_cli(capsys, *sine(out, "--seed", "3"))
     one_line_error(code, err, "train.seed (checkpoint: 0, now: 3)")
+
+
+def test_a_zero_epoch_run_can_be_evaluated_predicted_with_and_exported(capsys, tmp_path):
+    """--epochs 0 'only evaluates'; its folder had no checkpoint, so evaluate/predict/export on it
+    said 'train first' (a fresh user's report). It now holds the untrained model."""
+    out = tmp_path / "run"
+    assert run_cli(capsys, *sine(out, epochs=0))[0] == 0
+    code, stdout, err = run_cli(capsys, "evaluate", "--run", str(out))
+    assert code == 0 and "reproduces result.json exactly" in stdout, err
+    code, _, err = run_cli(capsys, "export", "--run", str(out), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
+    assert code == 0 and (tmp_path / "m.pt").is_file(), err

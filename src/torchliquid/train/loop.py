@@ -127,6 +127,8 @@ class Trainer:
             self.monitor.start()
         try:
             self._train_epochs(started, resumed_at)
+            if self.epoch == 0:  # --epochs 0: the untrained model, so evaluate/predict/export work
+                self.save_checkpoint()
         finally:  # a failed run must not leave a sampling thread behind
             if self.monitor is not None:
                 self.monitor.stop()
