@@ -115,7 +115,8 @@ def test_one_window_and_other_lengths(run_dir: Path, splits) -> None:
                                       r"from 0 to 6 \(0 = Monday\)"),
     (lambda w: _set(w, (0, 2, 0), 0.5), r"feature 'holiday' \(column 0\) is 0.5; expected an integer from 0 to 1"),
     (lambda w: _set(w, (0, 1, 4), 130), r"feature 'clouds_all' \(column 4\) is 130; expected a number from 0 to 100"),
-], ids=["features", "length", "nan", "inf", "4-d", "strings", "object", "empty", "weekday", "holiday", "clouds"])
+    (lambda w: _set(w, (1, 0, 1), -5), r"feature 'temp' \(column 1\) is -5; expected a number >= 0 \(Kelvin\)"),
+], ids=["features", "length", "nan", "inf", "4-d", "strings", "object", "empty", "weekday", "holiday", "clouds", "temp"])
 def test_bad_windows_are_named(run_dir: Path, mutate, match: str) -> None:
     windows = np.zeros((2, SEQ_LEN, FEATURES))
     with pytest.raises(ValueError, match=match):

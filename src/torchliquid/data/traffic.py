@@ -53,6 +53,7 @@ class TrafficDataset(Dataset):
     target_names = ("traffic_volume",)
     feature_domains = MappingProxyType({
         "holiday": FeatureDomain(0, 1, integral=True, meaning="1 on a holiday, 0 otherwise"),
+        "temp": FeatureDomain(0, meaning="Kelvin"),
         "rain_1h": FeatureDomain(0, meaning="mm of rain in the hour"),
         "snow_1h": FeatureDomain(0, meaning="mm of snow in the hour"),
         "clouds_all": FeatureDomain(0, 100, meaning="cloud cover in %"),
