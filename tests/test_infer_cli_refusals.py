@@ -114,3 +114,15 @@ def test_postprocess_takes_numpy_as_well_as_tensors(sine_run):
     raw = np.linspace(-1, 1, 5, dtype=np.float32).reshape(1, 5, 1)
     from_numpy, from_tensor = predictor.postprocess(raw), predictor.postprocess(torch.from_numpy(raw))
     np.testing.assert_array_equal(from_numpy.values, from_tensor.values)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_an_unwritable_output_is_named_before_any_work(capsys, sine_run, tmp_path, command):
+    """export ran its seconds-long ONNX check before failing on a temporary file's random name."""
+    target = Path("/proc/torchliquid-test-out") / ("p.csv" if command == "predict" else "m.onnx")
+    argv = (["predict", "--run", str(sine_run), "--input", str(_sine_csv(tmp_path / "in.csv")), "--output", str(target)]
+            if command == "predict" else ["export", "--run", str(sine_run), "--format", "onnx", "--out", str(target)])
+    code, out, err = run_cli(capsys, *argv)
+    one_line_error(code, err, f"cannot write {target}")
+    assert ".tmp" not in err and ".probe" not in err and "verified" not in out

@@ -45,8 +45,7 @@ def atomic_write(
     if mode not in ("w", "wb"):
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = _temporary(path, suffix)
     os.close(fd)
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and checkpoints are meant to be shared
@@ -61,3 +60,20 @@ def atomic_write(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def check_writable(path: PathLike) -> None:
+    """OSError naming ``path`` when a file cannot be created beside it (a folder that cannot be
+    made or written): called before long work whose result goes there."""
+    fd, tmp = _temporary(Path(path), ".probe")
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """mkstemp beside ``path``; its failure names ``path``, not the temporary file's random name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from torchliquid._atomic import check_writable
+
 DEFAULT_EXPORT_NAMES = {"onnx": "model.{form}.onnx", "torchscript": "model.{form}.torchscript.pt"}
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}  # what --out FILE must end in
 
@@ -97,6 +99,7 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, form: str = "sequ
     elif path.suffix.lower() != EXPORT_SUFFIXES[fmt]:  # e.g. --out data.csv would replace a CSV
         raise ValueError(f"--out {out}: {'an' if fmt[0] in 'aeiou' else 'a'} {fmt} file must end in {EXPORT_SUFFIXES[fmt]} (or name an existing "
                          f"folder to write {default_name} in)")
+    check_writable(path)  # before the export and its (seconds-long) verification
     preprocessing = {"task": predictor.task, "dataset": predictor.dataset, "seq_len": predictor.seq_len,
                      "feature_names": list(predictor.feature_names), "target_names": list(predictor.target_names),
                      "normalization": predictor.normalization}

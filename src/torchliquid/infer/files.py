@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import pandas as pd
 
-from torchliquid._atomic import atomic_write
+from torchliquid._atomic import atomic_write, check_writable
 from torchliquid.data import Dataset, get_dataset
 from torchliquid.data.base import MissingColumnsError
 from torchliquid.data.frames import read_table
@@ -270,6 +270,7 @@ def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_p
         raise ValueError(f"output {output} is a folder; name a file ending in .csv or .npy")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:  # fail before the (possibly long) prediction
         raise ValueError(f"output file must end in one of {list(OUTPUT_SUFFIXES)}, got {output.name!r}")
+    check_writable(output)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     written = [output] + ([probabilities_path(output)] if predictor.task == "classification"
