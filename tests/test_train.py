@@ -331,3 +331,24 @@ def test_gather_batch_equals_advanced_indexing_with_repeats():
     idx = torch.tensor([8, 0, 3, 3, 7])  # padding wraps around: an index may repeat
     gx, gy = gather_batch(x, y, idx)
     assert torch.equal(gx, x[idx]) and torch.equal(gy, y[idx]) and gx.is_contiguous()
+
+
+def test_a_long_epoch_prints_progress_inside_it(tmp_path, monkeypatch, capsys):
+    """A line every EpochProgress.EVERY_S seconds inside an epoch (here: every step), with the
+    batch, running loss, rate and the epoch's ETA; none for the last batch (the epoch's own line
+    follows), none with --quiet."""
+    from torchliquid.train.records import EpochProgress
+
+    monkeypatch.setattr(EpochProgress, "EVERY_S", 0.0)
+    lines: list[str] = []
+    data = make_data("regression")
+    Trainer(StandIn(1), data, "regression", TrainConfig(epochs=1, batch_size=16, device="cpu"),
+            out_dir=tmp_path, console=SimpleNamespace(print=lines.append)).fit()
+    n_batches = -(-len(data.train.x) // 16)
+    inside = [line for line in lines if " batch " in line]
+    assert [line.split()[3] for line in inside] == [f"{k}/{n_batches}" for k in range(1, n_batches)]
+    assert all("train_loss" in line and "seq/s" in line and "epoch ETA" in line for line in inside)
+    capsys.readouterr()
+    Trainer(StandIn(1), data, "regression", TrainConfig(epochs=1, batch_size=16, device="cpu", quiet=True),
+            out_dir=tmp_path / "q").fit()
+    assert capsys.readouterr().out == ""

@@ -38,7 +38,7 @@ from torchliquid.train.faults import FaultInjector
 from torchliquid.train.forward import autocast, model_output
 from torchliquid.train.monitoring import finish_monitor, open_monitor
 from torchliquid.train.optim import adam
-from torchliquid.train.records import (Console, NullConsole, NullRunFiles, RunFiles,
+from torchliquid.train.records import (Console, EpochProgress, NullConsole, NullRunFiles, RunFiles,
                                        format_seconds, metric_columns, versions)
 from torchliquid.train.tasks import Task, get_task
 
@@ -166,6 +166,8 @@ class Trainer:
         loss_sum = torch.tensor(resume["loss_sum"], dtype=torch.float64, device=self.device)
         n_seen, before, start = int(resume["n_seen"]), float(resume["seconds"]), self.clock()
         every, n_batches = self.config.checkpoint_steps, len(self.batches)
+        progress = EpochProgress(self.console, epoch, self.config.epochs, n_batches, int(resume["batch"]),
+                                 n_seen, runtime.world_size())
         for i, idx in enumerate(self.batches.iter_from(int(resume["batch"])), int(resume["batch"])):
             check = (i + 1) % self.config.finite_check_every == 0 or i + 1 == n_batches
             loss = self.train_step(*gather_batch(x_all, y_all, idx), check_finite=check, epoch=epoch, i=i)
@@ -177,6 +179,7 @@ class Trainer:
                 self.save_checkpoint()  # host sync
                 self.position = None
             self.faults.after_step(self.step)
+            progress.update(i + 1, loss_sum, n_seen)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # host sync: honest epoch timing
         seconds = before + self.clock() - start

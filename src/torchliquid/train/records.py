@@ -20,8 +20,9 @@ Run directory layout (all written atomically)::
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +110,37 @@ class NullRunFiles(RunFiles):
 
     def save_checkpoint(self, payload: Mapping[str, Any]) -> Path | None:
         return None
+
+
+class EpochProgress:
+    """A line every ``every`` seconds inside a long epoch (batch, running training loss, rate,
+    the epoch's ETA), so a slow epoch (an LTC at batch 1, a CPU run of a big matrix cell) shows
+    it is alive long before its end-of-epoch line. Costs one clock read per step otherwise."""
+
+    EVERY_S = 30.0
+
+    def __init__(self, console: Console, epoch: int, epochs: int, n_batches: int, first_batch: int,
+                 seen_before: int, world_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        # Its own clock: the trainer's (injectable) clock times epochs, and reading it here
+        # would shift what it measures.
+        self.console, self.clock, self.every = console, clock, EpochProgress.EVERY_S
+        self.epoch, self.epochs, self.n_batches, self.first = epoch, epochs, n_batches, first_batch
+        self.seen_before, self.world, self.start = seen_before, world_size, clock()
+        self.last = self.start
+
+    def update(self, batches_done: int, loss_sum: Any, n_seen: int) -> None:
+        if isinstance(self.console, NullConsole):
+            return
+        now = self.clock()
+        if now - self.last < self.every or batches_done >= self.n_batches:
+            return
+        self.last, elapsed = now, now - self.start
+        done_here = batches_done - self.first
+        eta = elapsed / max(done_here, 1) * (self.n_batches - batches_done)
+        rate = (n_seen - self.seen_before) * self.world / max(elapsed, 1e-9)
+        loss = float(loss_sum) / max(n_seen, 1)  # host sync, once per line
+        self.console.print(f"epoch {self.epoch}/{self.epochs}  batch {batches_done}/{self.n_batches}  "
+                           f"train_loss {loss:.4g}  {rate:,.0f} seq/s  epoch ETA {format_seconds(eta)}")
 
 
 def format_seconds(seconds: float) -> str:
