@@ -329,3 +329,14 @@ def test_a_zero_epoch_run_can_be_evaluated_predicted_with_and_exported(capsys, t
     assert code == 0 and "reproduces result.json exactly" in stdout, err
     code, _, err = run_cli(capsys, "export", "--run", str(out), "--format", "torchscript", "--out", str(tmp_path / "m.pt"))
     assert code == 0 and (tmp_path / "m.pt").is_file(), err
+
+
+def test_demo_table_keeps_small_losses_visible():
+    """The demo table printed CfC's sine loss after training as 0.0000 (a fresh user's report)."""
+    from torchliquid.workflow import format_table
+
+    row = {"model": "cfc", "dataset": "sine", "metric": "mae", "before": 0.6077, "after": 0.0013,
+           "test_loss_before": 0.4658, "test_loss_after": 1.234e-5, "epochs": 500, "train_seconds": 1.1,
+           "sequences_per_second": 447.0, "params": 41665, "effective_params": 41665}
+    line = format_table([row]).splitlines()[-1]
+    assert "1.234e-05" in line and "0.0000" not in line

@@ -284,8 +284,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     parameters (all trainable entries; effective: those the wiring does not mask out)."""
     header = ["model", "dataset", "metric", "before", "after", "loss before", "loss after",
               "epochs", "train s", "seq/s", "params", "effective"]
-    body = [[r["model"], r["dataset"], r["metric"], f"{r['before']:.4f}", f"{r['after']:.4f}",
-             f"{r['test_loss_before']:.4f}", f"{r['test_loss_after']:.4f}", str(r["epochs"]),
+    body = [[r["model"], r["dataset"], r["metric"], f"{r['before']:.4g}", f"{r['after']:.4g}",
+             f"{r['test_loss_before']:.4g}", f"{r['test_loss_after']:.4g}", str(r["epochs"]),
              f"{r['train_seconds']:.1f}", f"{r['sequences_per_second']:,.0f}", f"{r['params']:,}",
              f"{r['effective_params']:,}"]
             for r in rows]
