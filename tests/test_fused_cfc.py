@@ -14,7 +14,6 @@ gradients) and its C tanh is a < 2 ulp polynomial; observed ~5e-7 for both.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

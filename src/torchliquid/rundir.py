@@ -16,8 +16,7 @@ from typing import Any, Iterator, Mapping
 
 from torchliquid import runtime
 from torchliquid.config import RunConfig
-from torchliquid.train import (CHECKPOINT, METRICS, PREVIOUS_CHECKPOINT, RESULT,
-                               load_first_good)
+from torchliquid.train import CHECKPOINT, PREVIOUS_CHECKPOINT, load_first_good
 
 # TrainConfig fields a resumed run may change; every other field must match the checkpoint.
 RESUMABLE_CHANGES = {"epochs", "quiet", "log_every", "device", "threads", "checkpoint_every",
@@ -153,9 +152,7 @@ def replacing(out_dir: str | Path, active: bool) -> Iterator[None]:
     if runtime.restart_count() > 0:
         pass  # torchrun's restart: the first attempt set the old run aside; continue the new one
     elif backup.is_dir():  # an earlier --overwrite was killed: backup still holds the old run
-        for path in out.iterdir():
-            if path != backup:
-                _remove(path)
+        _clear(out, keep=backup)
     else:
         contents = list(out.iterdir())
         if contents:
@@ -169,9 +166,7 @@ def replacing(out_dir: str | Path, active: bool) -> Iterator[None]:
         yield
     except BaseException:
         if not (out / CHECKPOINT).exists() and not _restart_pending():
-            for path in out.iterdir():
-                if path != backup:
-                    _remove(path)
+            _clear(out, keep=backup)
             for path in backup.iterdir():
                 path.rename(out / path.name)
             backup.rmdir()
@@ -179,11 +174,15 @@ def replacing(out_dir: str | Path, active: bool) -> Iterator[None]:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def _clear(folder: Path, keep: Path) -> None:
+    """Delete everything in ``folder`` but ``keep`` (what a new run wrote before it failed)."""
+    for path in folder.iterdir():
+        if path == keep:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _restart_pending() -> bool:

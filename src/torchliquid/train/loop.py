@@ -118,7 +118,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Run the study's workflow from ``self.epoch`` (0, or where a checkpoint left off) to
         ``config.epochs``; write the run files; return what ``result.json`` holds."""
-        cfg, started, resumed_at = self.config, self.clock(), self.epoch
+        started, resumed_at = self.clock(), self.epoch
         self.files.write_config(self.describe())
         if self.pre_training is None:
             self.pre_training = self.evaluate(self.data.test)

@@ -113,7 +113,7 @@ class NullRunFiles(RunFiles):
 
 
 class EpochProgress:
-    """A line every ``every`` seconds inside a long epoch (batch, running training loss, rate,
+    """A line every ``EVERY_S`` seconds inside a long epoch (batch, running training loss, rate,
     the epoch's ETA), so a slow epoch (an LTC at batch 1, a CPU run of a big matrix cell) shows
     it is alive long before its end-of-epoch line. Costs one clock read per step otherwise."""
 
