@@ -300,9 +300,10 @@ def cfc_sequence(
             "compile": cfc_fused_variants.cfc_sequence_compiled,
             "reference": cfc_fused_variants.cfc_sequence_reference,
         }[implementation]
+        joined = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts)  # noqa: E731
         h_BTU = fn(
-            x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, torch.cat(head_w_parts),
-            torch.cat(head_b_parts), mode, activation, w_tau_1U, a_1U,
+            x_BTI, h0_BU, dt_BT1, backbone_weights, backbone_biases, joined(head_w_parts),
+            joined(head_b_parts), mode, activation, w_tau_1U, a_1U,
         )  # fmt: skip
         return h_BTU if return_sequences else h_BTU[:, -1]
 
