@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from torchliquid import runtime
+from torchliquid._atomic import atomic_write
 from torchliquid.config import DataConfig, ModelConfig, RunConfig, demo_runs
 from torchliquid.data import get_dataset, load_dataset
 from torchliquid.nn import build_model, constrain_after_step, count_parameters
@@ -174,15 +173,8 @@ def _sine_predictions(model: torch.nn.Module, splits: Any, device: torch.device)
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)  # readers (the matrix report) never see half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as handle:  # readers (the matrix report) never see half a file
+        np.savez(handle, **arrays)
 
 
 def _profile(trainer: Trainer, run: RunConfig, kind: str, steps: int, warmup: int,
