@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from torchliquid._atomic import atomic_write
+
 KINDS = ("cprofile", "torch")
 TOP = 40  # rows of each table: enough to see past the framework's own frames
 
@@ -128,6 +130,5 @@ def _torch_profile(step_fn: Callable[[], Any], steps: int, out: Path) -> tuple[f
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # never a half-written table under the final name
+    with atomic_write(path) as handle:  # never a half-written table under the final name
+        handle.write(text)
