@@ -564,3 +564,13 @@ def test_registering_the_commands_stays_light() -> None:
             "if m in sys.modules)); print([n for n, *_ in c.COMMANDS])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]" and out[1] == "['predict', 'export', 'stream']"
+
+
+def test_a_value_outside_its_domain_in_a_raw_file_names_the_file_line(run_dir: Path, tmp_path: Path) -> None:
+    """A fresh user's report: range errors from a raw file said 'window 1, step 3' but not where
+    in the file; the row and line are named as the parse errors name them."""
+    path = tmp_path / "rows.csv"
+    _cell(_traffic_frame(), 40, "clouds_all", "130").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"feature 'clouds_all' \(column 4\) is 130; expected a number from 0 "
+                                         r"to 100 \(cloud cover in %\) \(row 40, file line 42\)$"):
+        predict_file(run_dir, path, tmp_path / "out.csv")

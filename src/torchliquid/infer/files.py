@@ -41,7 +41,7 @@ from torchliquid.data import Dataset, get_dataset
 from torchliquid.data.base import MissingColumnsError
 from torchliquid.data.frames import read_table
 
-from .predict import Prediction, Predictor
+from .predict import Prediction, Predictor, WindowValueError
 
 PathLike = Union[str, os.PathLike]
 OUTPUT_SUFFIXES = (".csv", ".npy")
@@ -78,8 +78,9 @@ def expected_input(predictor: Predictor, dataset: Dataset) -> str:
             f"shape (N, {predictor.seq_len or 'T'}, {predictor.input_size})")
 
 
-def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
-    """Raw-format file -> un-normalised feature rows (R, I) via the run's dataset."""
+def read_raw_rows(predictor: Predictor, path: PathLike) -> tuple[np.ndarray, Optional[int]]:
+    """Raw-format file -> (un-normalised feature rows (R, I) via the run's dataset, the file's
+    lines before its first data row when each row is one line, else None)."""
     path = Path(path)
     if predictor.dataset is None:
         raise ValueError(f"{path}: the run records no dataset, so its raw format is unknown; pass a .npy of "
@@ -98,7 +99,8 @@ def read_raw_rows(predictor: Predictor, path: PathLike) -> np.ndarray:
     if rows.ndim != 2 or rows.shape[1] != predictor.input_size:
         raise ValueError(f"{path}: the {dataset.name} rows give features of shape {rows.shape}, the model takes "
                          f"{predictor.input_size} per row")
-    return rows
+    header = getattr(frame, "attrs", {}).get("header_lines")
+    return rows, header if header is not None and len(rows) == len(frame) else None
 
 
 def window_starts(n_rows: int, length: int, stride: int) -> np.ndarray:
@@ -123,20 +125,21 @@ def windows_from_rows(rows: np.ndarray, length: int, stride: int, where: str) ->
 
 
 def read_windows(predictor: Predictor, input_path: PathLike, *, stride: Optional[int] = None,
-                 any_length: bool = False) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """(raw windows, source rows (N, T) or None) from a .npy of windows or a raw-format file."""
+                 any_length: bool = False) -> tuple[np.ndarray, Optional[np.ndarray], Optional[int]]:
+    """(raw windows, source rows (N, T) or None, the file's lines before its first data row or
+    None) from a .npy of windows or a raw-format file."""
     path = Path(input_path)
     if path.is_dir():
         raise ValueError(f"input {path} is a folder; pass a file (a .npy of windows or a raw data file)")
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     if path.suffix.lower() == ".npy":
-        return load_npy(path), None
-    rows = read_raw_rows(predictor, path)
+        return load_npy(path), None, None
+    rows, header = read_raw_rows(predictor, path)
     length = predictor.seq_len or len(rows)
     if any_length and len(rows) < length:
         length = len(rows)
-    return windows_from_rows(rows, length, length if stride is None else stride, str(path))
+    return (*windows_from_rows(rows, length, length if stride is None else stride, str(path)), header)
 
 
 def load_npy(path: PathLike) -> np.ndarray:
@@ -276,9 +279,13 @@ def predict_file(run: Union[PathLike, Predictor], input_path: PathLike, output_p
     written = [output] + ([probabilities_path(output)] if predictor.task == "classification"
                           and output.suffix.lower() == ".npy" else [])
     check_not_input(input_path, written)
-    windows, rows = read_windows(predictor, input_path, stride=stride, any_length=any_length)
+    windows, rows, header = read_windows(predictor, input_path, stride=stride, any_length=any_length)
     try:
         prediction = predictor.predict(windows, batch_size=batch_size, any_length=any_length)
     except ValueError as error:  # the windows' shape or values: say which file they came from
-        raise ValueError(f"{input_path}: {error}") from None
+        where = ""
+        if isinstance(error, WindowValueError) and rows is not None:  # and which row of it
+            row = int(rows[error.window, error.step])
+            where = f" (row {row}" + (f", file line {row + header + 1})" if header is not None else ")")
+        raise ValueError(f"{input_path}: {error}{where}") from None
     return write_prediction(prediction, output, rows)

@@ -61,6 +61,15 @@ def _names(section: Any) -> tuple[str, ...]:
     return tuple(section.get("names", ())) if isinstance(section, Mapping) else ()
 
 
+class WindowValueError(ValueError):
+    """A bad value in the windows given to a Predictor, at ``window`` and ``step`` (0-based), so a
+    caller that cut the windows from a file can name the file's row too."""
+
+    def __init__(self, message: str, window: int, step: int) -> None:
+        super().__init__(message)
+        self.window, self.step = window, step
+
+
 class Predictor:
     """A trained model plus the preprocessing it was trained with.
 
@@ -186,11 +195,11 @@ class Predictor:
         bad = ~np.isfinite(array_NTI)
         if bad.any():
             w, t, i = (int(k) for k in np.argwhere(bad)[0])
-            raise ValueError(f"{at(w, t, i)}; expected a finite number: fill or drop missing values first")
+            raise WindowValueError(f"{at(w, t, i)}; expected a finite number: fill or drop missing values first", w, t)
         outside = first_violation(array_NTI, self.feature_names, self.feature_domains)
         if outside is not None:
             w, t, i, domain = outside
-            raise ValueError(f"{at(w, t, i)}; expected {domain.describe()}")
+            raise WindowValueError(f"{at(w, t, i)}; expected {domain.describe()}", w, t)
         return array_NTI, unbatched
 
     # -- prediction ----------------------------------------------------------------------------
