@@ -78,17 +78,18 @@ def _check_same_run(run: Path, path: Path, info: Mapping[str, Any]) -> None:
     except (OSError, ValueError):
         return
 
-    def summary(record: Any) -> tuple:
+    def summary(record: Mapping[str, Any]) -> str:
         model = record.get("model") if isinstance(record.get("model"), Mapping) else {}
         dataset = record.get("dataset") if isinstance(record.get("dataset"), Mapping) else {}
-        return (dict(model), dataset.get("name"))
+        return f"{dict(model)} on {dataset.get('name')}"
 
-    if not isinstance(config, Mapping) or summary(config) == summary(info):
+    if not isinstance(config, Mapping):
         return
-    describe = lambda record: f"{summary(record)[0]} on {summary(record)[1]}"  # noqa: E731
-    raise CheckpointError(f"{path} is not the run {run / CONFIG} describes: the checkpoint holds "
-                          f"{describe(info)}, config.json {describe(config)}; put that run's own "
-                          "checkpoint.pt back (or retrain)")
+    held, described = summary(info), summary(config)
+    if held != described:
+        raise CheckpointError(f"{path} is not the run {run / CONFIG} describes: the checkpoint holds "
+                              f"{held}, config.json {described}; put that run's own checkpoint.pt "
+                              "back (or retrain)")
 
 
 def _previous_hint(previous: Path, run: Path) -> str:
